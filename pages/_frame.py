@@ -1,0 +1,139 @@
+"""Shared frame for every page: the page registry, presentation mode, error display, settings.
+
+Pages stay thin: widgets, caching and plots. All computation lives in :mod:`pumamed`.
+"""
+
+from __future__ import annotations
+
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from pumamed import config
+from pumamed.errors import PumaMedError
+
+ROOT = Path(__file__).resolve().parent.parent
+PRESENTATION_KEY = "presentation_mode"
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    section: str
+    file: str  # relative to the project root
+    title: str
+    icon: str
+    url_path: str
+    default: bool = False
+
+
+# The router (app.py), the AppTest suite and the browser test all read this list, so a page
+# added here is served and tested without touching anything else.
+PAGES: tuple[PageSpec, ...] = (
+    PageSpec("Overview", "pages/home.py", "Home", ":material/home:", "home", default=True),
+    PageSpec("Imaging", "pages/image_explorer.py", "Image explorer", ":material/image_search:", "image_explorer"),
+    PageSpec("Imaging", "pages/explain_audit.py", "Explain & audit", ":material/policy:", "explain_audit"),
+    PageSpec("Public health", "pages/epi_map.py", "Municipal map", ":material/map:", "municipal_map"),
+    PageSpec("Public health", "pages/epi_factors.py", "Socioeconomic factors", ":material/analytics:", "socioeconomic_factors"),
+    PageSpec("Public health", "pages/epi_pollutants.py", "Air pollutants", ":material/air:", "air_pollutants"),
+    PageSpec("Public health", "pages/epi_models.py", "Diabetes models", ":material/query_stats:", "diabetes_models"),
+)
+
+
+def available_pages() -> list[PageSpec]:
+    """Registered pages whose file exists (so a partial checkout still serves what it has)."""
+    return [p for p in PAGES if (ROOT / p.file).is_file()]
+
+
+# ---------------------------------------------------------------- presentation mode
+def is_presentation() -> bool:
+    return bool(st.session_state.get(PRESENTATION_KEY, False))
+
+
+def apply_presentation_style() -> None:
+    """Larger fonts and wider content for talks; the sidebar (controls) is collapsed by CSS."""
+    if not is_presentation():
+        return
+    st.html(
+        """
+        <style>
+        html, body, [data-testid="stAppViewContainer"] * { font-size: 1.15rem; }
+        h1 { font-size: 2.8rem !important; } h2 { font-size: 2.1rem !important; }
+        [data-testid="stMainBlockContainer"] { max-width: 96vw; padding-top: 1.5rem; }
+        </style>
+        """
+    )
+
+
+def figure_height(base: int = 420) -> int:
+    """Figure height for the current mode: 40 % taller in presentation mode."""
+    return int(base * 1.4) if is_presentation() else base
+
+
+def style_figure(fig, base_height: int = 420):
+    """Apply the mode's height and font sizes to a plotly figure and return it."""
+    font = 18 if is_presentation() else 13
+    fig.update_layout(height=figure_height(base_height), font=dict(size=font),
+                      margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+@contextmanager
+def controls(label: str = "Controls"):
+    """Container for a page's controls: in the sidebar normally, folded away in presentation mode."""
+    if is_presentation():
+        with st.expander(label, expanded=False):
+            yield
+    else:
+        with st.sidebar:
+            st.subheader(label)
+            yield
+
+
+# ---------------------------------------------------------------- errors
+def show_error(exc: BaseException, context: str = "") -> None:
+    """Show an error as a message, never as a traceback box.
+
+    User errors (:class:`PumaMedError`) show their message. Unexpected errors show a one-line
+    summary, with the traceback folded into an expander for bug reports.
+    """
+    prefix = f"{context}: " if context else ""
+    if isinstance(exc, PumaMedError):
+        st.error(f"{prefix}{exc}", icon=":material/error:")
+        return
+    st.error(f"{prefix}unexpected {type(exc).__name__}: {exc}", icon=":material/bug_report:")
+    with st.expander("Technical details"):
+        st.code("".join(traceback.format_exception(exc)), language="text")
+
+
+@contextmanager
+def guarded(context: str = ""):
+    """``with guarded("Loading model"): ...`` shows any failure inside as a message."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001
+        # st.stop() / st.rerun() are control flow, not failures.
+        if type(exc).__name__ in {"StopException", "RerunException", "ScriptControlException"}:
+            raise
+        show_error(exc, context)
+
+
+# ---------------------------------------------------------------- settings
+def data_dir() -> Path:
+    return config.data_dir()
+
+
+def models_dir() -> Path:
+    return config.models_dir()
+
+
+def missing_data_message(what: str, relative_path: str) -> None:
+    """Say which file is missing and how to provide it."""
+    st.info(
+        f"**{what}** was not found at `{data_dir() / relative_path}`.\n\n"
+        f"Set `PUMAMED_DATA_DIR` to a folder holding `{relative_path}` "
+        "(see the README's *Data directory* section), then reload.",
+        icon=":material/folder_off:",
+    )

@@ -1,0 +1,5 @@
+import sys
+
+from pumamed.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Public-health data layer and models for diabetes outcomes in Mexican municipalities."""

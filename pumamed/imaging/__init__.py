@@ -1,0 +1,1 @@
+"""Imaging data layer: readers for every supported format into one common sample."""

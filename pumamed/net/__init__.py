@@ -1,0 +1,1 @@
+"""PumaMedNet: the denoising beta-VAE, its training, transfer, evaluation and checkpoints."""

@@ -1,0 +1,141 @@
+"""A real headless Chromium opens every registered page of ``streamlit run app.py``.
+
+Fails on any Streamlit exception box shown. Screenshots are kept in
+``tests/artifacts/screenshots/`` (or ``$PUMAMED_SCREENSHOT_DIR``) for people to look at.
+The page list comes from the router's registry, so new pages are covered automatically.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pages._frame import PAGES
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("PUMAMED_CHROMIUM", "/usr/bin/chromium")
+SCREENSHOTS = Path(os.environ.get("PUMAMED_SCREENSHOT_DIR", ROOT / "tests" / "artifacts" / "screenshots"))
+PAGE_TIMEOUT_S = 240
+
+pytestmark = pytest.mark.browser
+
+
+def _chromium_or_skip() -> str:
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    message = f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)"
+    if os.environ.get("CI"):
+        pytest.fail(message + " -- CI must run the browser test")
+    pytest.skip(message)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    port = _free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    (ROOT / "tests" / "artifacts").mkdir(parents=True, exist_ok=True)
+    log = open(ROOT / "tests" / "artifacts" / "streamlit_server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
+         f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",
+         "--server.fileWatcherType=none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError("streamlit exited early; see tests/artifacts/streamlit_server.log")
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("streamlit did not start within 90 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = _chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=executable,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage"],
+        )
+        yield chromium
+        chromium.close()
+
+
+def wait_for_script_idle(page, timeout_s: float = PAGE_TIMEOUT_S) -> None:
+    """Wait until the app has rendered and the script is no longer running (stable for 2 s)."""
+    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_s * 1000)
+    deadline = time.time() + timeout_s
+    idle_since = None
+    while time.time() < deadline:
+        state = page.evaluate(
+            "() => { const a = document.querySelector('[data-testid=\"stApp\"]');"
+            " return a ? a.getAttribute('data-test-script-state') : null; }"
+        )
+        running = state == "running" or page.locator('[data-testid="stStatusWidget"]').count() > 0
+        if not running:
+            idle_since = idle_since or time.time()
+            if time.time() - idle_since >= 2.0:
+                return
+        else:
+            idle_since = None
+        time.sleep(0.25)
+    raise AssertionError("the page was still running after the timeout")
+
+
+@pytest.mark.parametrize("spec", PAGES, ids=[p.url_path for p in PAGES])
+@pytest.mark.parametrize("presentation", [False, True], ids=["normal", "presentation"])
+def test_page_opens_without_exception(server, browser, spec, presentation):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    page_errors: list[str] = []
+    page.on("pageerror", lambda err: page_errors.append(str(err)))
+    try:
+        path = "" if spec.default else spec.url_path
+        page.goto(f"{server}/{path}", wait_until="domcontentloaded", timeout=60_000)
+        wait_for_script_idle(page)
+        if presentation:
+            page.get_by_text("Presentation mode").first.click()
+            wait_for_script_idle(page)
+        name = f"{spec.url_path}{'_presentation' if presentation else ''}.png"
+        page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+        exceptions = page.locator('[data-testid="stException"]')
+        texts = [exceptions.nth(i).inner_text()[:500] for i in range(exceptions.count())]
+        assert not texts, f"exception shown on {spec.title}: {texts}"
+        body = page.locator('[data-testid="stMain"], section.main').first.inner_text()
+        assert spec.title.split()[0].lower() in body.lower() or len(body) > 40, "page looks empty"
+    finally:
+        context.close()
+    assert not page_errors, f"JavaScript errors on {spec.title}: {page_errors}"
