@@ -59,8 +59,14 @@ def apply_presentation_style() -> None:
     st.html(
         """
         <style>
-        html, body, [data-testid="stAppViewContainer"] * { font-size: 1.15rem; }
-        h1 { font-size: 2.8rem !important; } h2 { font-size: 2.1rem !important; }
+        [data-testid="stMain"] [data-testid="stMarkdownContainer"] p,
+        [data-testid="stMain"] [data-testid="stMarkdownContainer"] li,
+        [data-testid="stMain"] [data-testid="stCaptionContainer"] { font-size: 1.3rem; }
+        [data-testid="stMain"] h1 { font-size: 3.2rem; }
+        [data-testid="stMain"] h2 { font-size: 2.4rem; }
+        [data-testid="stMain"] h3 { font-size: 1.9rem; }
+        [data-testid="stMetricValue"] { font-size: 2.8rem; }
+        [data-testid="stMetricLabel"] p { font-size: 1.3rem; }
         [data-testid="stMainBlockContainer"] { max-width: 96vw; padding-top: 1.5rem; }
         </style>
         """

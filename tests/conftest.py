@@ -15,6 +15,11 @@ import pytest
 from pumamed import config
 
 ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
+
+# Default the data directory for the whole run (the browser test's server inherits it too).
+if not os.environ.get(config.DATA_DIR_ENV) and SHARED_DATA.exists():
+    os.environ[config.DATA_DIR_ENV] = str(SHARED_DATA)
 
 
 def _require(path: Path, what: str) -> Path:
@@ -30,7 +35,7 @@ def _require(path: Path, what: str) -> Path:
 def data_root() -> Path:
     """The real data directory (``$PUMAMED_DATA_DIR``, else ``../shared/data`` beside the project)."""
     env = os.environ.get(config.DATA_DIR_ENV)
-    root = Path(env).resolve() if env else (ROOT.parent / "shared" / "data").resolve()
+    root = Path(env).resolve() if env else SHARED_DATA
     return _require(root, "data directory")
 
 
@@ -42,12 +47,3 @@ def imaging_root(data_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def epi_root(data_root: Path) -> Path:
     return _require(data_root / "epi", "epidemiological data")
-
-
-@pytest.fixture(autouse=True)
-def _data_dir_env(monkeypatch, request):
-    """Point the library at the real data directory unless a test overrides it itself."""
-    if not os.environ.get(config.DATA_DIR_ENV):
-        default = (ROOT.parent / "shared" / "data").resolve()
-        if default.exists():
-            monkeypatch.setenv(config.DATA_DIR_ENV, str(default))
