@@ -116,7 +116,10 @@ def cvegeo_from_parts(state, municipality) -> pd.Series:
     """CVEGEO from separate state and municipality codes (integers or text, padded or not)."""
     state = pd.Series(state).astype("string").str.strip().str.replace(r"\.0+$", "", regex=True)
     mun = pd.Series(municipality).astype("string").str.strip().str.replace(r"\.0+$", "", regex=True)
-    return (state.str.zfill(2) + mun.str.zfill(3)).astype("str")
+    # Some INEGI extracts write 4-digit municipality codes ('0460' for 046): strip, then pad.
+    state = state.str.lstrip("0").replace("", "0").str.zfill(2)
+    mun = mun.str.lstrip("0").replace("", "0").str.zfill(3)
+    return (state + mun).astype("str")
 
 
 def to_number(values) -> pd.Series:

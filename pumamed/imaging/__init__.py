@@ -1,1 +1,27 @@
-"""Imaging data layer: readers for every supported format into one common sample."""
+"""Imaging data layer: readers for every supported format into one common sample.
+
+Public API::
+
+    from pumamed.imaging import load_dataset, DATASETS, DatasetInfo
+    ds = load_dataset("brain_tumor_mri", split="train", size=64)
+    image, label = ds[0]           # float32 1xSxS in [0, 1]; int or float32 multi-hot
+    ds.metadata, ds.labels, ds.class_names, ds.task
+
+See docs/imaging_data.md for datasets, splits, aspect-ratio handling, DICOM/NIfTI and uploads.
+"""
+
+from pumamed.imaging.dataset import ImagingDataset, clear_image_cache
+from pumamed.imaging.mix import PretrainingMix, balanced_sampler, make_pretraining_mix
+from pumamed.imaging.registry import (
+    DATASETS,
+    SIZES,
+    DatasetInfo,
+    available_datasets,
+    dataset_splits,
+    load_dataset,
+)
+
+__all__ = [
+    "DATASETS", "SIZES", "DatasetInfo", "ImagingDataset", "PretrainingMix", "available_datasets",
+    "balanced_sampler", "clear_image_cache", "dataset_splits", "load_dataset", "make_pretraining_mix",
+]

@@ -1,0 +1,410 @@
+"""Municipal choropleths: classification schemes, colour-blind-safe palettes, cached geometry.
+
+The web layer is the topology-preserving simplified municipal geometry of
+:func:`pumamed.epi.geometry.load_municipalities`, converted once per process into a GeoJSON dict
+(feature ``id`` = CVEGEO, coordinates rounded to ``decimals``, no properties) so each map only
+sends codes and values next to it. Two renderers:
+
+- ``"geo"`` (default): ``go.Choropleth`` on plotly's own projection; needs no internet and no WebGL,
+  so it also works offline and in headless screenshots;
+- ``"maplibre"``: ``go.Choroplethmap`` over a Carto basemap (no token, but tiles need internet).
+
+Classed maps colour a class index with a stepped colour scale (one trace, a legend of class
+ranges); unclassed maps colour the value itself. Municipalities without a value are drawn in grey
+with "no data" on hover, so a gap in the data never looks like a gap in the country.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pumamed.errors import DataError, InputError
+
+SCHEMES: dict[str, str] = {
+    "quantiles": "Quantiles (equal counts)",
+    "natural_breaks": "Natural breaks (Fisher-Jenks)",
+    "equal_interval": "Equal intervals",
+    "unclassed": "Unclassed (continuous)",
+}
+# Perceptually uniform and colour-blind safe (viridis family) or ColorBrewer schemes marked
+# colour-blind safe; the diverging ones suit signed data such as factor scores.
+SEQUENTIAL_PALETTES = ("viridis", "cividis", "plasma", "magma", "inferno", "YlGnBu", "YlOrRd", "Blues")
+DIVERGING_PALETTES = ("RdBu", "PuOr", "BrBG")
+PALETTES = SEQUENTIAL_PALETTES + DIVERGING_PALETTES
+NO_DATA_COLOUR = "#d4d4d4"
+BORDER_COLOUR = "rgba(255,255,255,0.6)"
+RENDERERS = ("geo", "maplibre")
+DEFAULT_DECIMALS = 3  # ~110 m at the equator: below the simplification tolerance, so invisible
+
+
+# ---------------------------------------------------------------- classification
+@dataclass(frozen=True)
+class Classification:
+    """Classes of a variable: ``classes[i]`` is the class of value ``i`` (-1 = missing)."""
+
+    scheme: str
+    k: int
+    edges: np.ndarray  # k + 1 class boundaries, from the minimum to the maximum
+    classes: np.ndarray
+    labels: tuple[str, ...]
+    counts: tuple[int, ...]
+
+    def label_of(self, index: int) -> str:
+        return self.labels[index] if index >= 0 else "no data"
+
+
+def format_number(value: float, unit: str = "") -> str:
+    """Compact human number: 3 significant digits, thousands separators for large values."""
+    if value is None or not np.isfinite(value):
+        return "no data"
+    magnitude = abs(value)
+    if magnitude >= 1000:
+        text = f"{value:,.0f}"
+    elif magnitude >= 100:
+        text = f"{value:.0f}"
+    elif magnitude >= 1 or magnitude == 0:
+        text = f"{value:.3g}" if magnitude < 10 else f"{value:.1f}"
+    else:
+        text = f"{value:.3g}"
+    return f"{text} {unit}".strip() if unit and unit not in ("-", "index") else text
+
+
+def classify(values, scheme: str = "quantiles", k: int = 5) -> Classification:
+    """Put values into ``k`` classes with mapclassify (quantiles, Fisher-Jenks, equal intervals).
+
+    ``k`` is reduced when there are fewer distinct values (or, for quantiles, distinct
+    quantiles) than classes, so no class is empty by construction. ``"unclassed"`` gives one
+    class spanning the range (the colour then shows the value itself).
+    """
+    import mapclassify
+
+    if scheme not in SCHEMES:
+        raise InputError(f"unknown classification scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
+    if not 2 <= int(k) <= 12:
+        raise InputError(f"the number of classes must be between 2 and 12; got {k}")
+    array = np.asarray(values, dtype=float)
+    finite = np.isfinite(array)
+    if not finite.any():
+        raise DataError("no values to map: every municipality is missing this variable")
+    observed = array[finite]
+    low, high = float(observed.min()), float(observed.max())
+    classes = np.full(array.shape, -1, dtype=int)
+    n_distinct = len(np.unique(observed))
+    if scheme == "unclassed" or n_distinct == 1:
+        classes[finite] = 0
+        edges = np.array([low, high])
+        return Classification("unclassed" if scheme == "unclassed" else scheme, 1, edges, classes,
+                              (f"{format_number(low)} – {format_number(high)}",), (int(finite.sum()),))
+
+    k = min(int(k), n_distinct)
+    if scheme == "quantiles":
+        # Ties can merge quantiles: use the distinct ones (np.unique also sorts them).
+        upper = np.unique(np.quantile(observed, np.linspace(0, 1, k + 1)[1:]))
+    elif scheme == "natural_breaks":
+        upper = np.asarray(mapclassify.FisherJenks(observed, k=k).bins, dtype=float)
+    else:
+        upper = np.asarray(mapclassify.EqualInterval(observed, k=k).bins, dtype=float)
+    upper = np.unique(upper)
+    upper[-1] = high
+    edges = np.concatenate([[low], upper])
+    # Class i holds (edges[i], edges[i+1]]; the first class also holds the minimum.
+    index = np.searchsorted(upper, observed, side="left")
+    classes[finite] = np.minimum(index, len(upper) - 1)
+    labels = []
+    for i in range(len(upper)):
+        opener = "[" if i == 0 else "("
+        labels.append(f"{opener}{format_number(edges[i])} – {format_number(edges[i + 1])}]")
+    counts = tuple(int((classes == i).sum()) for i in range(len(upper)))
+    return Classification(scheme, len(upper), edges, classes, tuple(labels), counts)
+
+
+# ---------------------------------------------------------------- colours
+def palette_colours(palette: str, n: int, reverse: bool = False) -> list[str]:
+    """``n`` colours sampled evenly from a plotly named colour scale."""
+    import plotly.colors as pc
+
+    if palette not in PALETTES:
+        raise InputError(f"unknown palette {palette!r}; choose from {', '.join(PALETTES)}")
+    points = [0.5] if n == 1 else list(np.linspace(0, 1, n))
+    colours = pc.sample_colorscale(pc.get_colorscale(palette), points)
+    return colours[::-1] if reverse else colours
+
+
+def stepped_colorscale(colours: list[str]) -> list[list]:
+    """A colour scale with flat steps, so class index ``i`` (on ``[-0.5, k-0.5]``) gets colour ``i``."""
+    k = len(colours)
+    scale = []
+    for i, colour in enumerate(colours):
+        scale.append([i / k, colour])
+        scale.append([(i + 1) / k, colour])
+    return scale
+
+
+# ---------------------------------------------------------------- geometry, cached once
+@functools.lru_cache(maxsize=4)
+def _geojson_cached(root: str, decimals: int):
+    import shapely
+
+    from pumamed.epi.geometry import load_municipalities
+
+    frame = load_municipalities(root, simplified=True)
+    features = tuple(
+        {"type": "Feature", "id": code, "properties": {}, "geometry": _geometry_arrays(g, decimals)}
+        for code, g in zip(frame["CVEGEO"], frame.geometry)
+    )
+    bounds = pd.DataFrame(shapely.bounds(frame.geometry.to_numpy()), columns=["minx", "miny", "maxx", "maxy"])
+    names = pd.DataFrame({
+        "CVEGEO": frame["CVEGEO"].to_numpy(),
+        "CVE_ENT": frame["CVE_ENT"].to_numpy(),
+        "NOMGEO": frame["NOMGEO"].to_numpy(),
+        "NOM_ENT": frame["NOM_ENT"].to_numpy(),
+    })
+    names = pd.concat([names, bounds], axis=1)
+    return features, names
+
+
+def _geometry_arrays(geometry, decimals: int) -> dict:
+    """GeoJSON geometry whose rings are rounded float arrays, not nested tuples.
+
+    Plotly deep-copies a figure's data twice (on construction and serialisation) and walks
+    every list it finds: one NumPy array per ring makes both steps ~10x cheaper than the
+    point-by-point tuples of ``shapely.geometry.mapping``.
+    """
+    import shapely
+
+    def rings(polygon):
+        return [np.round(np.asarray(polygon.exterior.coords), decimals)] + [
+            np.round(np.asarray(r.coords), decimals) for r in polygon.interiors
+        ]
+
+    parts = shapely.get_parts(geometry)
+    if len(parts) == 1:
+        return {"type": "Polygon", "coordinates": rings(parts[0])}
+    return {"type": "MultiPolygon", "coordinates": [rings(p) for p in parts]}
+
+
+@functools.lru_cache(maxsize=4)
+def _state_lines_cached(root: str, decimals: int):
+    """State borders as one polyline (lon, lat arrays, NaN between rings) for an outline trace."""
+    import shapely
+
+    from pumamed.epi.geometry import load_states
+
+    states = load_states(root, simplified=True)
+    pieces = []
+    for geometry in states.geometry:
+        for polygon in shapely.get_parts(geometry):
+            pieces.append(np.round(np.asarray(polygon.exterior.coords), decimals))
+            pieces.append(np.array([[np.nan, np.nan]]))  # plotly breaks the line at a gap
+    lines = np.concatenate(pieces)
+    lines.flags.writeable = False
+    return lines[:, 0], lines[:, 1]
+
+
+def _root(data_dir) -> str:
+    from pumamed.epi.io import epi_dir
+
+    return str(epi_dir(data_dir))
+
+
+def municipal_features(data_dir=None, decimals: int = DEFAULT_DECIMALS) -> tuple[dict, ...]:
+    """The simplified municipal GeoJSON features (id = CVEGEO), built once per process.
+
+    The features are shared between calls: treat them as read-only.
+    """
+    return _geojson_cached(_root(data_dir), int(decimals))[0]
+
+
+def municipal_names(data_dir=None) -> pd.DataFrame:
+    """CVEGEO, CVE_ENT, NOMGEO (municipality), NOM_ENT (state) and bounding boxes, sorted by code."""
+    return _geojson_cached(_root(data_dir), DEFAULT_DECIMALS)[1].copy()
+
+
+def state_choices(data_dir=None) -> dict[str, str]:
+    """``{CVE_ENT: state name}`` for state pickers."""
+    names = _geojson_cached(_root(data_dir), DEFAULT_DECIMALS)[1]
+    return dict(names.drop_duplicates("CVE_ENT").set_index("CVE_ENT")["NOM_ENT"].sort_index())
+
+
+def clear_caches() -> None:
+    """Forget the cached geometry (the benchmark's cold start; tests of other data directories)."""
+    _geojson_cached.cache_clear()
+    _state_lines_cached.cache_clear()
+
+
+# ---------------------------------------------------------------- the map
+@dataclass
+class MapResult:
+    figure: object  # plotly.graph_objects.Figure
+    table: pd.DataFrame  # CVEGEO, municipality, state, value, class: what the map shows
+    classification: Classification
+
+
+def _zoom_for(bounds: tuple[float, float, float, float], width_px: int = 900, height_px: int = 560) -> float:
+    """Web-mercator zoom that fits a lon/lat box into the figure (for the maplibre renderer)."""
+    minx, miny, maxx, maxy = bounds
+    span_x = max(maxx - minx, 1e-3)
+    span_y = max(maxy - miny, 1e-3)
+    zoom_x = math.log2(360 * width_px / 512 / span_x)
+    zoom_y = math.log2(180 * height_px / 512 / span_y)
+    return max(0.0, min(zoom_x, zoom_y) - 0.2)
+
+
+def municipal_choropleth(
+    data: pd.DataFrame,
+    column: str,
+    *,
+    label: str | None = None,
+    unit: str = "",
+    scheme: str = "quantiles",
+    k: int = 5,
+    palette: str = "viridis",
+    reverse: bool = False,
+    states: list[str] | tuple[str, ...] | None = None,
+    classify_within_selection: bool = True,
+    renderer: str = "geo",
+    state_borders: bool = True,
+    title: str | None = None,
+    data_dir=None,
+    decimals: int = DEFAULT_DECIMALS,
+) -> MapResult:
+    """Choropleth of ``data[column]`` over the municipalities (``data`` has a CVEGEO column).
+
+    ``states`` (CVE_ENT codes) restricts the map and zooms to them; the classes are computed
+    over the municipalities shown unless ``classify_within_selection=False`` (then national
+    classes, comparable between states). Municipalities absent from ``data`` show as "no data".
+    Returns the figure and the table it shows (for downloads).
+    """
+    import plotly.graph_objects as go
+
+    if renderer not in RENDERERS:
+        raise InputError(f"renderer must be one of {', '.join(RENDERERS)}; got {renderer!r}")
+    if "CVEGEO" not in data.columns:
+        raise DataError("the table to map needs a CVEGEO column (5-character municipality code)")
+    if column not in data.columns:
+        raise DataError(f"column {column!r} is not in the table to map")
+    if data["CVEGEO"].duplicated().any():
+        raise DataError("the table to map has several rows per municipality; pick one year first")
+    label = label or column
+    root = _root(data_dir)
+    features, names = _geojson_cached(root, int(decimals))
+
+    values = pd.to_numeric(data[column], errors="coerce")
+    table = names[["CVEGEO", "CVE_ENT", "NOMGEO", "NOM_ENT"]].merge(
+        pd.DataFrame({"CVEGEO": data["CVEGEO"].astype(str).to_numpy(), "value": values.to_numpy()}),
+        on="CVEGEO", how="left",
+    )
+    shown = np.ones(len(table), dtype=bool)
+    if states:
+        wanted = {str(s).zfill(2) for s in states}
+        unknown = wanted - set(table["CVE_ENT"])
+        if unknown:
+            raise InputError(f"unknown state codes: {', '.join(sorted(unknown))}")
+        shown = table["CVE_ENT"].isin(wanted).to_numpy()
+
+    basis = table["value"].to_numpy(dtype=float)
+    if classify_within_selection:
+        basis = np.where(shown, basis, np.nan)
+    classification_all = classify(basis, scheme, k)
+    classes = classification_all.classes
+    table = table.assign(**{"class": [classification_all.label_of(c) for c in classes]})
+    table = table[shown].reset_index(drop=True)
+    classes = classes[shown]
+    # Counts over what is shown (national classes may leave some classes empty in one state).
+    counts = tuple(int((classes == i).sum()) for i in range(classification_all.k))
+    classification = Classification(classification_all.scheme, classification_all.k, classification_all.edges,
+                                    classes, classification_all.labels, counts)
+
+    shown_features = list(features) if shown.all() else [f for f, keep in zip(features, shown) if keep]
+    has_value = np.isfinite(table["value"].to_numpy(dtype=float))
+    value_text = [format_number(v, unit) for v in table["value"].to_numpy(dtype=float)]
+    customdata = np.column_stack([table["NOMGEO"], table["NOM_ENT"], value_text, table["class"], table["CVEGEO"]])
+    hover = ("<b>%{customdata[0]}</b>, %{customdata[1]}<br>" + f"{label}: " + "%{customdata[2]}"
+             + ("<br>class %{customdata[3]}" if classification.scheme != "unclassed" else "")
+             + "<br>CVEGEO %{customdata[4]}<extra></extra>")
+
+    unclassed = classification.scheme == "unclassed" or classification.k == 1
+    if unclassed:
+        import plotly.colors as pc
+
+        palette_colours(palette, 2)  # validates the name
+        colorscale = pc.get_colorscale(palette)
+        if reverse:
+            colorscale = [[1 - p, c] for p, c in reversed(colorscale)]
+        z = table["value"].to_numpy(dtype=float)[has_value]
+        lo, hi = classification.edges[0], classification.edges[-1]
+        scale_args = dict(z=z, zmin=lo, zmax=hi if hi > lo else lo + 1, colorscale=colorscale,
+                          colorbar=dict(title=dict(text=_colorbar_title(label, unit)), thickness=14, len=0.75))
+    else:
+        colours = palette_colours(palette, classification.k, reverse)
+        z = classes[has_value].astype(float)
+        tick_text = [f"{lab}  (n={n})" for lab, n in zip(classification.labels, counts)]
+        scale_args = dict(
+            z=z, zmin=-0.5, zmax=classification.k - 0.5, colorscale=stepped_colorscale(colours),
+            colorbar=dict(title=dict(text=_colorbar_title(label, unit)), tickvals=list(range(classification.k)),
+                          ticktext=tick_text, thickness=14, len=0.75),
+        )
+
+    codes_with = table["CVEGEO"].to_numpy()[has_value]
+    codes_without = table["CVEGEO"].to_numpy()[~has_value]
+    trace_cls = go.Choropleth if renderer == "geo" else go.Choroplethmap
+    marker = dict(line=dict(width=0.15 if shown.all() else 0.4, color=BORDER_COLOUR))
+    traces = []
+    def collection(mask):  # each trace carries only its own polygons
+        return {"type": "FeatureCollection", "features": [f for f, keep in zip(shown_features, mask) if keep]}
+
+    if len(codes_without):
+        traces.append(trace_cls(
+            geojson=collection(~has_value), locations=codes_without, z=np.zeros(len(codes_without)),
+            colorscale=[[0, NO_DATA_COLOUR], [1, NO_DATA_COLOUR]], showscale=False, marker=marker,
+            customdata=customdata[~has_value], hovertemplate=hover, name="no data",
+        ))
+    traces.append(trace_cls(geojson=collection(has_value), locations=codes_with, customdata=customdata[has_value],
+                            hovertemplate=hover, marker=marker, name=label, **scale_args))
+    figure = go.Figure(traces)
+
+    bounds = names.loc[shown, ["minx", "miny", "maxx", "maxy"]]
+    box = (float(bounds.minx.min()), float(bounds.miny.min()), float(bounds.maxx.max()), float(bounds.maxy.max()))
+    if renderer == "geo":
+        if state_borders:
+            lons, lats = _state_lines_cached(root, int(decimals))
+            figure.add_trace(go.Scattergeo(lon=lons, lat=lats, mode="lines", hoverinfo="skip", showlegend=False,
+                                           line=dict(width=0.8 if shown.all() else 1.4, color="rgba(60,60,60,0.8)")))
+        pad_x = (box[2] - box[0]) * 0.02
+        pad_y = (box[3] - box[1]) * 0.02
+        figure.update_geos(
+            visible=False, projection_type="mercator",
+            lonaxis_range=[box[0] - pad_x, box[2] + pad_x], lataxis_range=[box[1] - pad_y, box[3] + pad_y],
+            bgcolor="rgba(0,0,0,0)",
+        )
+    else:
+        center = dict(lon=(box[0] + box[2]) / 2, lat=(box[1] + box[3]) / 2)
+        figure.update_layout(map=dict(style="carto-positron", center=center, zoom=_zoom_for(box)))
+    figure.update_layout(
+        title=dict(text=title or label),
+        margin=dict(l=0, r=0, t=40, b=0),
+        paper_bgcolor="rgba(0,0,0,0)",
+        dragmode="pan" if renderer == "geo" else None,
+    )
+    out_table = table.rename(columns={"NOMGEO": "municipality", "NOM_ENT": "state", "value": column})
+    return MapResult(figure, out_table[["CVEGEO", "CVE_ENT", "municipality", "state", column, "class"]],
+                     classification)
+
+
+def _colorbar_title(label: str, unit: str) -> str:
+    # Wrap long labels so the colour bar does not eat the map.
+    words, lines, line = label.split(), [], ""
+    for word in words:
+        if len(line) + len(word) > 18 and line:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    text = "<br>".join(lines)
+    return f"{text}<br>({unit})" if unit and unit not in ("-", "index") else text

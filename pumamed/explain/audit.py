@@ -1,0 +1,547 @@
+"""Bias audit read from the latent space.
+
+For a metadata attribute (sex, age, age group, view position, source dataset or modality, breast
+tissue density, or any column a dataset carries) the audit answers four questions:
+
+1. **Is the attribute encoded?** How well a cross-validated logistic regression (AUC, macro
+   one-vs-rest for several groups) or ridge regression (R^2, continuous attributes) predicts it
+   from ``mu``; splits are patient-wise when patient ids exist, so one patient's images never sit
+   on both sides.
+2. **Where?** Mutual information between the attribute and each latent dimension (sklearn's k-NN
+   estimator). A dimension is *flagged* when its MI exceeds the 99th percentile of the same
+   estimate with the attribute shuffled (a permutation null pooled over dimensions), so the flag
+   means "more than chance", not "in the top k".
+3. **Does the classifier behave differently per group?** AUC, TPR, FPR, expected calibration error
+   and Brier score per group, with bootstrap confidence intervals (fairlearn's ``MetricFrame``) and
+   the largest gap between groups.
+4. **Can it be mitigated?** See :mod:`pumamed.explain.mitigation`; :func:`run_audit` reports the
+   gap and the overall AUC before and after.
+
+Everything here works on arrays (codes, labels, scores, metadata); :func:`encode_dataset` turns a
+model and a dataset into those arrays once, so a page can cache them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pumamed.errors import DataError, InputError
+
+# Canonical attribute names and the metadata columns they may come from (first one present wins).
+ATTRIBUTE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "sex": ("sex", "Patient Gender", "gender"),
+    "age": ("age", "Patient Age"),
+    "age_group": ("age", "Patient Age"),
+    "view": ("view", "View Position", "view_position"),
+    "density": ("density", "background_tissue", "tissue_density"),
+    "dataset": ("dataset", "source"),
+    "modality": ("modality",),
+    "site": ("site", "hospital", "institution"),
+}
+CONTINUOUS_ATTRIBUTES = {"age"}
+#: Age groups used for subgroup analysis (clinical convention: young adult / middle age / older).
+AGE_BINS = (0, 40, 60, 200)
+AGE_LABELS = ("<40", "40-59", "60+")
+DENSITY_NAMES = {"F": "fatty", "G": "fatty-glandular", "D": "dense-glandular"}
+SEX_NAMES = {"M": "male", "F": "female", "m": "male", "f": "female"}
+#: Columns that never make sense as audit attributes (identifiers, file names, labels).
+NON_ATTRIBUTES = {"patient_id", "path", "file", "image", "label", "labels", "index", "image_id", "refnum",
+                  "split", "x", "y", "radius"}
+
+
+@dataclass
+class AttributeValues:
+    """One attribute per image: ``values`` (object array; None where unknown) and its kind."""
+
+    name: str
+    values: np.ndarray
+    kind: str  # "categorical" or "continuous"
+
+    @property
+    def known(self) -> np.ndarray:
+        return pd.Series(self.values, dtype="object").notna().to_numpy()
+
+    def groups(self) -> np.ndarray:
+        """Categorical labels for subgroup analysis (continuous values are cut into age groups)."""
+        if self.kind == "categorical":
+            return self.values
+        numeric = pd.to_numeric(pd.Series(self.values), errors="coerce")
+        cut = pd.cut(numeric, bins=AGE_BINS, labels=AGE_LABELS, right=False)
+        return np.array([None if pd.isna(v) else str(v) for v in cut], dtype=object)
+
+
+def _column_for(metadata: pd.DataFrame, attribute: str) -> str:
+    candidates = ATTRIBUTE_COLUMNS.get(attribute, (attribute,))
+    for column in candidates:
+        if column in metadata.columns:
+            return column
+    usable = ", ".join(available_attributes(metadata)) or "none"
+    raise InputError(f"this dataset has no '{attribute}' metadata (attributes it has: {usable})")
+
+
+def _clean(value):
+    if value is None:
+        return None
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    text = str(value).strip()
+    return None if text in {"", "nan", "None", "NaN", "unknown", "?"} else value
+
+
+def attribute_values(metadata: pd.DataFrame, attribute: str) -> AttributeValues:
+    """The attribute of every row of ``metadata``, cleaned, with readable group names."""
+    attribute = attribute.strip().lower().replace(" ", "_")
+    column = _column_for(metadata, attribute)
+    raw = [_clean(v) for v in metadata[column].tolist()]
+    if attribute in CONTINUOUS_ATTRIBUTES:
+        numeric = pd.to_numeric(pd.Series(raw, dtype="object"), errors="coerce").to_numpy(dtype=float)
+        values = np.array([None if np.isnan(v) else float(v) for v in numeric], dtype=object)
+        return AttributeValues("age", values, "continuous")
+    if attribute == "age_group":
+        numeric = pd.to_numeric(pd.Series(raw, dtype="object"), errors="coerce")
+        cut = pd.cut(numeric, bins=AGE_BINS, labels=AGE_LABELS, right=False)
+        return AttributeValues("age_group", np.array([None if pd.isna(v) else str(v) for v in cut], dtype=object),
+                               "categorical")
+    names = {"sex": SEX_NAMES, "density": DENSITY_NAMES}.get(attribute, {})
+    values = np.array([None if v is None else names.get(str(v).strip(), str(v).strip()) for v in raw], dtype=object)
+    return AttributeValues(attribute, values, "categorical")
+
+
+def available_attributes(metadata: pd.DataFrame, max_groups: int = 12) -> list[str]:
+    """Attributes of ``metadata`` usable in an audit: at least two groups of at least 5 images each."""
+    found = []
+    seen_columns = set()
+    for attribute, columns in ATTRIBUTE_COLUMNS.items():
+        column = next((c for c in columns if c in metadata.columns), None)
+        if column is None:
+            continue
+        if attribute != "age_group" and column in seen_columns:
+            continue
+        seen_columns.add(column)
+        values = attribute_values(metadata, attribute)
+        if values.kind == "continuous":
+            if pd.to_numeric(pd.Series(values.values), errors="coerce").nunique() >= 5:
+                found.append(attribute)
+            continue
+        counts = pd.Series(values.values, dtype="object").dropna().value_counts()
+        if (counts >= 5).sum() >= 2 and len(counts) <= max_groups:
+            found.append(attribute)
+    return found
+
+
+# ----------------------------------------------------------------------------- encoded data
+@dataclass
+class LatentCodes:
+    """A dataset seen through a model: codes, labels, classifier probabilities and metadata."""
+
+    mu: np.ndarray  # N x D
+    logvar: np.ndarray  # N x D
+    labels: np.ndarray  # N (class index) or N x C (multi-label)
+    probabilities: np.ndarray  # N x C, the model's own classifier head
+    metadata: pd.DataFrame
+    class_names: list[str]
+    dataset_class_names: list[str] = field(default_factory=list)
+    task: str = "multiclass"
+
+    def __len__(self) -> int:
+        return int(self.mu.shape[0])
+
+    @property
+    def patient_ids(self) -> np.ndarray | None:
+        for column in ("patient_id", "Patient ID", "patient"):
+            if column in self.metadata.columns:
+                ids = self.metadata[column].astype(str).to_numpy()
+                return ids if len(set(ids)) < len(ids) else None
+        return None
+
+    @property
+    def head_matches_dataset(self) -> bool:
+        """Whether the model's classifier predicts this dataset's classes (else a probe is used)."""
+        if not self.dataset_class_names:
+            return True
+        return [str(c).lower() for c in self.class_names] == [str(c).lower() for c in self.dataset_class_names]
+
+
+def encode_dataset(model, dataset, batch_size: int = 64, device=None, max_items: int | None = None,
+                   class_names=None, task: str | None = None, seed: int = 0) -> LatentCodes:
+    """Encode a dataset (``ds[i] -> (image, label)``, ``ds.metadata``) once: mu, logvar, head probabilities.
+
+    ``max_items`` takes a seeded random subset (same subset every call), to bound the cost.
+    """
+    import torch
+
+    from pumamed.explain.attributions import head_probabilities, model_device
+
+    n = len(dataset)
+    if n == 0:
+        raise DataError("the dataset is empty")
+    indices = np.arange(n)
+    if max_items is not None and n > max_items:
+        indices = np.sort(np.random.default_rng(seed).choice(n, size=max_items, replace=False))
+    device = device or model_device(model)
+    mus, logvars, probs, labels = [], [], [], []
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(indices), batch_size):
+            batch = [dataset[int(i)] for i in indices[start:start + batch_size]]
+            images = torch.stack([torch.as_tensor(b[0], dtype=torch.float32) for b in batch]).to(device)
+            mu, logvar = model.encode(images)
+            mus.append(mu.float().cpu().numpy())
+            logvars.append(logvar.float().cpu().numpy())
+            probs.append(head_probabilities(model, mu, task=task).float().cpu().numpy())
+            labels.extend(np.asarray(torch.as_tensor(b[1]).cpu().numpy()) for b in batch)
+    metadata = getattr(dataset, "metadata", None)
+    metadata = (metadata.iloc[indices].reset_index(drop=True) if isinstance(metadata, pd.DataFrame)
+                else pd.DataFrame(index=range(len(indices))))
+    return LatentCodes(
+        mu=np.concatenate(mus), logvar=np.concatenate(logvars), labels=np.stack(labels),
+        probabilities=np.concatenate(probs), metadata=metadata,
+        class_names=list(class_names) if class_names is not None else [str(i) for i in range(probs[0].shape[1])],
+        dataset_class_names=list(getattr(dataset, "class_names", []) or []),
+        task=task or getattr(dataset, "task", "multiclass"),
+    )
+
+
+# ----------------------------------------------------------------------------- 1. predictability
+@dataclass
+class Predictability:
+    attribute: str
+    kind: str
+    metric: str  # "auc" or "r2"
+    score: float
+    score_sd: float
+    chance: float
+    n: int
+    groups: dict = field(default_factory=dict)  # group -> count (categorical)
+    fold_scores: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("attribute", "kind", "metric", "score", "score_sd", "chance", "n",
+                                              "groups", "fold_scores")}
+
+
+def _prepare_categorical(values: np.ndarray, min_count: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    series = pd.Series(values, dtype="object")
+    counts = series.dropna().value_counts()
+    kept = [g for g in counts.index if counts[g] >= min_count]
+    mask = series.isin(kept).to_numpy()
+    classes = sorted(str(g) for g in kept)
+    y = np.array([classes.index(str(v)) if m else -1 for v, m in zip(values, mask)])
+    return mask, y, classes
+
+
+def _folds(y: np.ndarray, groups, n_splits: int, seed: int, stratify: bool):
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+    if groups is not None:
+        splitter = (StratifiedGroupKFold(n_splits, shuffle=True, random_state=seed) if stratify
+                    else GroupKFold(n_splits))
+        return list(splitter.split(np.zeros(len(y)), y, groups))
+    splitter = StratifiedKFold(n_splits, shuffle=True, random_state=seed) if stratify else KFold(
+        n_splits, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(y)), y))
+
+
+def _auc(y: np.ndarray, proba: np.ndarray, n_classes: int) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if np.unique(y).size < 2:
+        return float("nan")
+    if n_classes == 2:
+        return float(roc_auc_score(y, proba[:, 1]))
+    present = np.unique(y)
+    if present.size < n_classes:  # a fold without some class: macro AUC over the classes present
+        sub = proba[:, present] / np.clip(proba[:, present].sum(axis=1, keepdims=True), 1e-12, None)
+        return float(roc_auc_score(np.searchsorted(present, y), sub, multi_class="ovr", average="macro")) \
+            if present.size > 2 else float(roc_auc_score(y == present[1], sub[:, 1]))
+    return float(roc_auc_score(y, proba, multi_class="ovr", average="macro"))
+
+
+def attribute_predictability(codes, attribute: AttributeValues, patient_ids=None, n_splits: int = 5,
+                             seed: int = 0) -> Predictability:
+    """Cross-validated AUC (categorical) or R^2 (continuous) of the attribute from the codes."""
+    from sklearn.linear_model import LogisticRegression, RidgeCV
+    from sklearn.metrics import r2_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    codes = np.asarray(codes, dtype=np.float64)
+    if attribute.kind == "continuous":
+        y_all = pd.to_numeric(pd.Series(attribute.values), errors="coerce").to_numpy(dtype=float)
+        mask = np.isfinite(y_all)
+        if mask.sum() < 2 * n_splits:
+            raise InputError(f"too few images with a known {attribute.name} ({int(mask.sum())})")
+        x, y = codes[mask], y_all[mask]
+        groups = None if patient_ids is None else np.asarray(patient_ids)[mask]
+        predictions = np.zeros_like(y)
+        fold_scores = []
+        for train, test in _folds(y, groups, n_splits, seed, stratify=False):
+            model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 12)))
+            model.fit(x[train], y[train])
+            predictions[test] = model.predict(x[test])
+            fold_scores.append(float(r2_score(y[test], predictions[test])))
+        return Predictability(attribute.name, "continuous", "r2", float(r2_score(y, predictions)),
+                              float(np.std(fold_scores)), 0.0, int(mask.sum()), {}, fold_scores)
+
+    mask, y_all, classes = _prepare_categorical(attribute.values, min_count=n_splits)
+    if len(classes) < 2:
+        raise InputError(f"'{attribute.name}' has fewer than two groups with at least {n_splits} images")
+    x, y = codes[mask], y_all[mask]
+    groups = None if patient_ids is None else np.asarray(patient_ids)[mask]
+    proba = np.zeros((len(y), len(classes)))
+    fold_scores = []
+    for train, test in _folds(y, groups, n_splits, seed, stratify=True):
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, class_weight="balanced"))
+        model.fit(x[train], y[train])
+        fold_proba = np.zeros((len(test), len(classes)))
+        fold_proba[:, model.classes_] = model.predict_proba(x[test])
+        proba[test] = fold_proba
+        fold_scores.append(_auc(y[test], fold_proba, len(classes)))
+    counts = {c: int((y == i).sum()) for i, c in enumerate(classes)}
+    return Predictability(attribute.name, "categorical", "auc", _auc(y, proba, len(classes)),
+                          float(np.nanstd(fold_scores)), 0.5, int(mask.sum()), counts, fold_scores)
+
+
+# ----------------------------------------------------------------------------- 2. which dimensions
+def mutual_information(codes, attribute: AttributeValues, seed: int = 0) -> np.ndarray:
+    """Mutual information (nats) between the attribute and each code dimension (k-NN estimator)."""
+    from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
+
+    codes = np.asarray(codes, dtype=np.float64)
+    if attribute.kind == "continuous":
+        y = pd.to_numeric(pd.Series(attribute.values), errors="coerce").to_numpy(dtype=float)
+        mask = np.isfinite(y)
+        return mutual_info_regression(codes[mask], y[mask], random_state=seed)
+    mask, y, classes = _prepare_categorical(attribute.values, min_count=2)
+    if len(classes) < 2:
+        return np.zeros(codes.shape[1])
+    return mutual_info_classif(codes[mask], y[mask], random_state=seed)
+
+
+@dataclass
+class DimensionFlags:
+    mutual_information: np.ndarray  # D
+    null_threshold: float  # MI above this is more than chance (permutation null quantile)
+    flagged: list[int]  # dimensions above the threshold, highest MI first
+
+    def to_dict(self) -> dict:
+        return {"mutual_information": np.round(self.mutual_information, 5).tolist(),
+                "null_threshold": round(float(self.null_threshold), 5), "flagged": self.flagged}
+
+
+def flag_dimensions(codes, attribute: AttributeValues, n_permutations: int = 10, quantile: float = 0.99,
+                    seed: int = 0, max_flagged: int | None = None) -> DimensionFlags:
+    """Dimensions whose MI with the attribute beats a permutation null (pooled over dimensions)."""
+    mi = mutual_information(codes, attribute, seed=seed)
+    rng = np.random.default_rng(seed)
+    known = attribute.known
+    null = []
+    for _ in range(n_permutations):
+        shuffled = attribute.values.copy()
+        shuffled[known] = rng.permutation(attribute.values[known])
+        null.append(mutual_information(codes, AttributeValues(attribute.name, shuffled, attribute.kind), seed=seed))
+    threshold = float(np.quantile(np.concatenate(null), quantile)) if null else 0.0
+    order = np.argsort(-mi, kind="stable")
+    flagged = [int(d) for d in order if mi[d] > threshold]
+    if max_flagged is not None:
+        flagged = flagged[:max_flagged]
+    return DimensionFlags(mi, threshold, flagged)
+
+
+def mutual_information_matrix(codes, metadata: pd.DataFrame, attributes=None, seed: int = 0) -> pd.DataFrame:
+    """Attributes x dimensions table of mutual information (the heatmap of the audit page)."""
+    attributes = list(attributes) if attributes is not None else available_attributes(metadata)
+    rows = {}
+    for attribute in attributes:
+        rows[attribute] = mutual_information(codes, attribute_values(metadata, attribute), seed=seed)
+    return pd.DataFrame(rows, index=[f"z{d}" for d in range(np.asarray(codes).shape[1])]).T
+
+
+# ----------------------------------------------------------------------------- 3. subgroup performance
+def _tpr(y_true, y_score, threshold: float = 0.5) -> float:
+    y_true = np.asarray(y_true).astype(bool)
+    return float(np.mean(np.asarray(y_score)[y_true] >= threshold)) if y_true.any() else float("nan")
+
+
+def _fpr(y_true, y_score, threshold: float = 0.5) -> float:
+    y_true = np.asarray(y_true).astype(bool)
+    return float(np.mean(np.asarray(y_score)[~y_true] >= threshold)) if (~y_true).any() else float("nan")
+
+
+def _roc_auc(y_true, y_score) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    y_true = np.asarray(y_true)
+    return float(roc_auc_score(y_true, y_score)) if np.unique(y_true).size == 2 else float("nan")
+
+
+def expected_calibration_error(y_true, y_score, n_bins: int = 10) -> float:
+    """Weighted mean |observed rate - mean predicted probability| over equal-width bins."""
+    y_true = np.asarray(y_true, dtype=float)
+    y_score = np.asarray(y_score, dtype=float)
+    if y_true.size == 0:
+        return float("nan")
+    bins = np.clip((y_score * n_bins).astype(int), 0, n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    observed = np.bincount(bins, weights=y_true, minlength=n_bins)
+    predicted = np.bincount(bins, weights=y_score, minlength=n_bins)
+    return float(np.abs(observed - predicted).sum() / y_true.size)
+
+
+def _brier(y_true, y_score) -> float:
+    return float(np.mean((np.asarray(y_score, float) - np.asarray(y_true, float)) ** 2))
+
+
+def _prevalence(y_true, y_score) -> float:
+    return float(np.mean(y_true))
+
+
+def _count(y_true, y_score) -> float:
+    return float(len(y_true))
+
+
+SUBGROUP_METRICS = {
+    "auc": _roc_auc,
+    "tpr": _tpr,
+    "fpr": _fpr,
+    "ece": expected_calibration_error,
+    "brier": _brier,
+    "prevalence": _prevalence,
+}
+#: Metrics whose gap between groups is reported (prevalence is a property of the data, not the model).
+GAP_METRICS = ("auc", "tpr", "fpr", "ece")
+
+
+@dataclass
+class SubgroupReport:
+    table: pd.DataFrame  # one row per group (+ "overall"): n, metric, metric_lo, metric_hi
+    gaps: dict  # metric -> {"gap", "lo", "hi", "worst_group", "best_group"}
+    threshold: float
+    n_boot: int
+
+    def to_dict(self) -> dict:
+        table = self.table.reset_index().rename(columns={"index": "group"})
+        records = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+                   for row in table.to_dict(orient="records")]
+        return {"groups": records, "gaps": _finite(self.gaps), "threshold": self.threshold, "n_boot": self.n_boot}
+
+
+def _finite(value):
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if not np.isfinite(value) else round(float(value), 5)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _bootstrap_metrics(y_true: np.ndarray, y_score: np.ndarray, codes: np.ndarray, n_groups: int,
+                       threshold: float, n_boot: int, seed: int) -> np.ndarray:
+    """Bootstrap replicates (n_boot x (n_groups + 1) x metrics), resampling within each group.
+
+    Resampling within groups keeps every group's size fixed (a stratified bootstrap), so a small
+    group never vanishes from a replicate; the last slot is the overall value of the replicate.
+    """
+    rng = np.random.default_rng(seed)
+    members = [np.flatnonzero(codes == g) for g in range(n_groups)]
+    out = np.full((n_boot, n_groups + 1, len(SUBGROUP_METRICS)), np.nan)
+    for b in range(n_boot):
+        drawn = [rng.choice(m, size=m.size, replace=True) for m in members]
+        for g, idx in enumerate(drawn + [np.concatenate(drawn)]):
+            out[b, g] = [fn(y_true[idx], y_score[idx], threshold) for fn in _FAST_METRICS]
+    return out
+
+
+def _fast_auc(y_true, y_score, threshold=None) -> float:
+    """Mann-Whitney AUC from ranks (ties averaged): the same value as roc_auc_score, 20x faster."""
+    from scipy.stats import rankdata
+
+    y_true = np.asarray(y_true).astype(bool)
+    n_pos = int(y_true.sum())
+    n_neg = y_true.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(y_score)
+    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+_FAST_METRICS = (
+    _fast_auc,
+    _tpr,
+    _fpr,
+    lambda yt, ys, t: expected_calibration_error(yt, ys),
+    lambda yt, ys, t: _brier(yt, ys),
+    lambda yt, ys, t: _prevalence(yt, ys),
+)
+
+
+def subgroup_performance(y_true, y_score, groups, threshold: float = 0.5, n_boot: int = 200,
+                         confidence: float = 0.95, seed: int = 0, min_group_size: int = 5) -> SubgroupReport:
+    """Per-group AUC, TPR, FPR, ECE, Brier with bootstrap CIs and the largest gap.
+
+    ``y_true`` binary (positive class = 1), ``y_score`` the predicted probability of the positive
+    class, ``groups`` one group label per image (None = unknown, excluded). Groups with fewer than
+    ``min_group_size`` images are left out (their metrics would be noise). Point estimates come from
+    fairlearn's ``MetricFrame``; the percentile CIs from a bootstrap stratified by group (the gap's
+    CI from the same replicates, so it accounts for both groups' uncertainty).
+    """
+    from fairlearn.metrics import MetricFrame
+
+    y_true = np.asarray(y_true).astype(int).reshape(-1)
+    y_score = np.asarray(y_score, dtype=float).reshape(-1)
+    groups = pd.Series(np.asarray(groups, dtype=object)).astype("object")
+    if not (len(y_true) == len(y_score) == len(groups)):
+        raise InputError("labels, scores and groups must have one entry per image")
+    counts = groups.dropna().value_counts()
+    kept = counts[counts >= min_group_size].index
+    mask = groups.isin(kept).to_numpy()
+    if len(kept) < 2:
+        raise InputError(f"need at least two groups with {min_group_size}+ images (found {dict(counts)})")
+    group_labels = groups[mask].astype(str).to_numpy()
+    frame = MetricFrame(
+        metrics={name: (lambda f: (lambda yt, ys: f(yt, ys, threshold)))(fn) if name in ("tpr", "fpr") else fn
+                 for name, fn in SUBGROUP_METRICS.items()},
+        y_true=y_true[mask], y_pred=y_score[mask], sensitive_features=group_labels,
+    )
+    by_group = frame.by_group.astype(float)
+    by_group.index = by_group.index.astype(str)
+    table = by_group.copy()
+    table.loc["overall"] = frame.overall.astype(float)
+    table.insert(0, "n", [int((group_labels == g).sum()) for g in by_group.index] + [int(mask.sum())])
+    names = list(SUBGROUP_METRICS)
+    tail = (1 - confidence) / 2
+    replicates = None
+    if n_boot:
+        codes = np.array([list(by_group.index).index(g) for g in group_labels])
+        replicates = _bootstrap_metrics(y_true[mask], y_score[mask], codes, len(by_group), threshold, n_boot, seed)
+        with np.errstate(all="ignore"):
+            lo = np.nanquantile(replicates, tail, axis=0)
+            hi = np.nanquantile(replicates, 1 - tail, axis=0)
+        for k, metric in enumerate(names):
+            table[f"{metric}_lo"] = lo[:, k]
+            table[f"{metric}_hi"] = hi[:, k]
+    gaps = {}
+    for metric in GAP_METRICS:
+        column = by_group[metric]
+        if column.notna().sum() < 2:
+            continue
+        # For AUC/TPR the worst group is the lowest; for FPR/ECE the highest.
+        worst = column.idxmax() if metric in ("fpr", "ece") else column.idxmin()
+        best = column.idxmin() if metric in ("fpr", "ece") else column.idxmax()
+        gaps[metric] = {"gap": float(column.max() - column.min()), "worst_group": str(worst),
+                        "best_group": str(best)}
+        if replicates is not None:
+            per_group = replicates[:, :-1, names.index(metric)]
+            with np.errstate(all="ignore"):
+                spread = np.nanmax(per_group, axis=1) - np.nanmin(per_group, axis=1)
+            spread = spread[np.isfinite(spread)]
+            if spread.size:
+                gaps[metric]["lo"] = float(np.quantile(spread, tail))
+                gaps[metric]["hi"] = float(np.quantile(spread, 1 - tail))
+    return SubgroupReport(table, gaps, threshold, int(n_boot or 0))

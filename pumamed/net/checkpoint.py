@@ -1,0 +1,308 @@
+"""Checkpoint I/O: safetensors weights + config.json + model_card.md + metrics.json.
+
+Nothing here ever unpickles: weights are read with safetensors, everything else is JSON or text.
+Every file of a checkpoint is written to a temporary file in the same folder and moved into place
+with ``os.replace`` (atomic on POSIX and Windows), so an interrupted save leaves the previous
+checkpoint readable. Training state for ``--resume`` (optimizer moments, epoch, history) is kept
+beside the model in ``training_state.safetensors`` + ``training_state.json``, same rules.
+
+config.json layout::
+
+    {"format": "pumamed-checkpoint", "format_version": 1, "arch": "pumamednet" | "resnet18",
+     "model": {...architecture...}, "training": {...}, "data": {...}, "kl_per_dim": [...]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pumamed.catalog import CARD_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
+from pumamed.errors import CheckpointError
+
+FORMAT = "pumamed-checkpoint"
+FORMAT_VERSION = 1
+STATE_WEIGHTS_FILE = "training_state.safetensors"
+STATE_JSON_FILE = "training_state.json"
+ARCHITECTURES = ("pumamednet", "resnet18")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    config: dict
+    metrics: dict = field(default_factory=dict)
+    card: str = ""
+    path: Path | None = None
+
+    @property
+    def arch(self) -> str:
+        return self.config.get("arch", "pumamednet")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.get("model", {}).get("class_names", []))
+
+    @property
+    def task(self) -> str:
+        return self.config.get("model", {}).get("task", "multiclass")
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config.get("model", {}).get("image_size", 64))
+
+    @property
+    def kl_per_dim(self) -> np.ndarray:
+        """Mean KL divergence of each latent dimension on the training data (nats); large =
+        active. ``np.argsort(-kl_per_dim)`` ranks the dimensions worth exploring."""
+        values = self.config.get("kl_per_dim") or self.metrics.get("kl_per_dim") or []
+        return np.asarray(values, dtype=np.float64)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+# --- atomic writes ----------------------------------------------------------------------------
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then move the temporary file onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    _atomic_write(path, write)
+
+
+def atomic_write_json(path: Path, value) -> None:
+    atomic_write_text(path, json.dumps(_jsonable(value), indent=2, sort_keys=False) + "\n")
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    _atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# --- model construction -----------------------------------------------------------------------
+def build_model(config: dict) -> torch.nn.Module:
+    """The (untrained) module described by a checkpoint config."""
+    arch = config.get("arch", "pumamednet")
+    model_cfg = config.get("model")
+    if not isinstance(model_cfg, dict):
+        raise CheckpointError("config.json has no 'model' section describing the architecture")
+    if arch == "pumamednet":
+        from pumamed.net.model import PumaMedNet, PumaMedNetConfig
+
+        return PumaMedNet(PumaMedNetConfig.from_dict(model_cfg))
+    if arch == "resnet18":
+        from pumamed.net.baseline import ResNet18Classifier, ResNetConfig
+
+        return ResNet18Classifier(ResNetConfig.from_dict(model_cfg))
+    raise CheckpointError(f"unknown architecture {arch!r} in config.json (known: {', '.join(ARCHITECTURES)})")
+
+
+def model_config_dict(model: torch.nn.Module) -> dict:
+    from pumamed.net.baseline import ResNet18Classifier
+
+    arch = "resnet18" if isinstance(model, ResNet18Classifier) else "pumamednet"
+    return {"arch": arch, "model": model.config.to_dict()}
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)  # DDP / compiled wrappers
+
+
+# --- save ---------------------------------------------------------------------------------------
+def save_checkpoint(folder, model: torch.nn.Module, config: dict | None = None, metrics: dict | None = None,
+                    card_text: str = "") -> Path:
+    """Write ``folder/{model.safetensors, config.json, model_card.md, metrics.json}`` atomically.
+
+    ``config`` may hold ``training``, ``data``, ``kl_per_dim`` etc.; its ``arch`` and ``model``
+    entries are always taken from the model itself so they cannot disagree with the weights.
+    Weights go first and config last: a reader never sees a config newer than its weights."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = _unwrap(model)
+    full_config = {"format": FORMAT, "format_version": FORMAT_VERSION}
+    full_config.update(config or {})
+    full_config.update(model_config_dict(model))
+    state = model.state_dict()
+    atomic_save_tensors(folder / WEIGHTS_FILE, state, metadata={"format": FORMAT, "arch": full_config["arch"]})
+    atomic_write_json(folder / METRICS_FILE, metrics or {})
+    atomic_write_text(folder / CARD_FILE, card_text or f"# {folder.name}\n\nNo model card was written.\n")
+    atomic_write_json(folder / CONFIG_FILE, full_config)
+    return folder
+
+
+# --- load ---------------------------------------------------------------------------------------
+def read_config(folder) -> dict:
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not a checkpoint: {CONFIG_FILE} is missing")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return config
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; anything else (a pickle, a truncated file) is a CheckpointError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    # A safetensors file starts with a little-endian u64 header length then '{'. Pickles and
+    # zip archives (torch.save) start with other bytes: refuse them before any parser sees them.
+    if len(head) < 9 or head[8:9] != b"{" or head[:2] in (b"\x80\x02", b"PK"):
+        raise CheckpointError(f"{path.name} is not a safetensors file (pickled or corrupt checkpoints are "
+                              f"never loaded); re-save the weights with safetensors")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot read {path.name} as safetensors: {exc}") from exc
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str = "checkpoint") -> None:
+    """Load a state dict, turning missing/unexpected keys and shape mismatches into one clear
+    CheckpointError instead of PyTorch's multi-line RuntimeError."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if wrong:
+        problems.append(f"{len(wrong)} tensors have the wrong shape (e.g. {'; '.join(wrong[:3])})")
+    if missing:
+        problems.append(f"{len(missing)} tensors missing (e.g. {', '.join(missing[:3])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors (e.g. {', '.join(unexpected[:3])})")
+    if problems:
+        raise CheckpointError(f"the weights in {where} do not fit the architecture in its config.json: "
+                              + "; ".join(problems) + " -- was it trained with another architecture or size?")
+    with torch.no_grad():
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def load_model(path, device=None) -> LoadedModel:
+    """Load a checkpoint folder into an eval-mode model on ``device`` (default: select_device())."""
+    from pumamed.config import select_device
+
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    config = read_config(folder)
+    fmt = config.get("format", FORMAT)
+    if fmt != FORMAT:
+        raise CheckpointError(f"{folder / CONFIG_FILE} is not a PumaMed checkpoint (format {fmt!r})")
+    model = build_model(config)
+    state = read_tensors(folder / WEIGHTS_FILE)
+    load_state_strict(model, state, where=str(folder / WEIGHTS_FILE))
+    metrics = {}
+    if (folder / METRICS_FILE).is_file():
+        try:
+            metrics = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{folder / METRICS_FILE} is not valid JSON ({exc})") from exc
+    card = (folder / CARD_FILE).read_text(encoding="utf-8", errors="replace") if (folder / CARD_FILE).is_file() else ""
+    device = torch.device(device) if device is not None else select_device()
+    model = model.to(device).eval()
+    return LoadedModel(model=model, config=config, metrics=metrics, card=card, path=folder)
+
+
+# --- training state (for --resume) ------------------------------------------------------------
+def save_training_state(folder, optimizer: torch.optim.Optimizer, info: dict,
+                        scheduler=None, scaler=None) -> None:
+    """Optimizer moments as tensors (safetensors) and every non-tensor part as JSON."""
+    folder = Path(folder)
+    tensors: dict[str, torch.Tensor] = {}
+    opt_state = optimizer.state_dict()
+    scalar_state: dict[str, dict] = {}
+    for pid, pstate in opt_state["state"].items():
+        for key, value in pstate.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{pid}.{key}"] = value
+            else:
+                scalar_state.setdefault(str(pid), {})[key] = value
+    payload = {"info": info, "param_groups": opt_state["param_groups"], "scalar_state": scalar_state,
+               "scheduler": scheduler.state_dict() if scheduler is not None else None,
+               "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
+    if not tensors:
+        tensors["optimizer.empty"] = torch.zeros(1)
+    atomic_save_tensors(folder / STATE_WEIGHTS_FILE, tensors)
+    atomic_write_json(folder / STATE_JSON_FILE, payload)
+
+
+def load_training_state(folder, optimizer: torch.optim.Optimizer, scheduler=None, scaler=None) -> dict:
+    """Restore what :func:`save_training_state` wrote; returns its ``info`` dict."""
+    folder = Path(folder)
+    if not (folder / STATE_JSON_FILE).is_file():
+        raise CheckpointError(f"cannot resume: {folder} has no {STATE_JSON_FILE} (was it written by an older run?)")
+    payload = json.loads((folder / STATE_JSON_FILE).read_text(encoding="utf-8"))
+    tensors = read_tensors(folder / STATE_WEIGHTS_FILE)
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        parts = key.split(".")
+        if parts[0] != "optimizer" or parts[1] == "empty":
+            continue
+        state.setdefault(int(parts[1]), {})[".".join(parts[2:])] = value
+    for pid, values in payload.get("scalar_state", {}).items():
+        state.setdefault(int(pid), {}).update(values)
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": payload["param_groups"]})
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot resume from {folder}: the optimizer state does not fit ({exc})") from exc
+    if scheduler is not None and payload.get("scheduler"):
+        scheduler.load_state_dict(payload["scheduler"])
+    if scaler is not None and payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
+    return payload.get("info", {})

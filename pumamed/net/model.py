@@ -1,0 +1,327 @@
+"""PumaMedNet: a compact convolutional beta-VAE for 1xSxS medical images.
+
+Layout (S = 64, widths (16, 32, 64, 128)):
+
+    encoder  x 1x64x64 -> stem conv s2 -> 16x32x32
+             -> [down conv s2 + GroupNorm/SiLU + residual block] x3 -> 128x4x4
+                (self-attention block wherever the feature map is attention_resolution wide)
+             -> flatten -> linear -> mu, logvar (latent_dim each)
+    decoder  z -> linear -> 128x4x4 -> [residual block (+ attention) + upsample conv] x4 -> 1x64x64
+             -> sigmoid
+    weights  a small convolutional net on x predicting where the reconstruction is hard
+             (learned), used as a per-pixel weight map in the reconstruction loss
+    classifier  a linear head (or a small MLP) on mu
+
+The encoder downsamples early and stays narrow, like ResNet's stem, so the classification path
+(encoder to mu + classifier) costs a fraction of a ResNet-18 at the same image size.
+GroupNorm instead of BatchNorm: the statistics do not depend on the batch, so tiny batches,
+DDP shards and single-image inference in the app behave the same.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pumamed.errors import CheckpointError
+
+TASKS = ("binary", "multiclass", "multilabel")
+WEIGHT_MAP_KINDS = ("learned", "error", "none")
+
+
+@dataclass
+class PumaMedNetConfig:
+    """Architecture of a PumaMedNet (saved as the ``model`` entry of ``config.json``)."""
+
+    image_size: int = 64
+    in_channels: int = 1
+    latent_dim: int = 32
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    attention_resolution: int = 8  # self-attention where the feature map is this wide (0: none)
+    attention_heads: int = 4
+    groups: int = 8  # GroupNorm groups (capped by the channel count)
+    weight_map: str = "learned"  # learned | error | none: per-pixel weights of the reconstruction loss
+    weight_strength: float = 1.0  # 0: uniform weights; 1: weights range over [0, 2] around mean 1
+    num_classes: int = 0  # 0: no classifier head
+    task: str = "multiclass"  # binary | multiclass | multilabel
+    classifier_hidden: int = 0  # 0: linear head on mu; >0: one hidden layer MLP
+    class_names: list[str] = field(default_factory=list)
+    aux_heads: dict[str, int] = field(default_factory=dict)  # name -> outputs, for weak supervision
+
+    def __post_init__(self):
+        self.widths = tuple(int(w) for w in self.widths)
+        if self.image_size % (2 ** len(self.widths)) != 0:
+            raise ValueError(
+                f"image_size {self.image_size} must be divisible by 2**len(widths) = {2 ** len(self.widths)}")
+        if self.weight_map not in WEIGHT_MAP_KINDS:
+            raise ValueError(f"weight_map must be one of {WEIGHT_MAP_KINDS}, got {self.weight_map!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.latent_dim < 1:
+            raise ValueError("latent_dim must be positive")
+
+    @property
+    def bottleneck_size(self) -> int:
+        return self.image_size // (2 ** len(self.widths))
+
+    @property
+    def classifier_outputs(self) -> int:
+        """Logits of the head: one for a binary task, else one per class."""
+        if self.num_classes <= 0:
+            return 0
+        return 1 if self.task == "binary" else self.num_classes
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["widths"] = list(self.widths)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PumaMedNetConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CheckpointError(f"unknown PumaMedNet config keys {unknown}; was it saved by a newer version?")
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"invalid PumaMedNet config: {exc}") from exc
+
+
+class VAEOutput(NamedTuple):
+    recon: torch.Tensor
+    mu: torch.Tensor
+    logvar: torch.Tensor
+    z: torch.Tensor
+
+
+def _norm(channels: int, groups: int) -> nn.GroupNorm:
+    g = math.gcd(channels, max(1, groups))
+    return nn.GroupNorm(g, channels)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm1 = _norm(channels, groups)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = _norm(channels, groups)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return x + h
+
+
+class SelfAttention2d(nn.Module):
+    """Multi-head self-attention over the pixels of a low-resolution feature map (pre-norm,
+    residual): gives every position the context of the whole image, transformer style."""
+
+    def __init__(self, channels: int, heads: int, groups: int):
+        super().__init__()
+        heads = max(1, heads)
+        while channels % heads:
+            heads -= 1
+        self.heads = heads
+        self.norm = _norm(channels, groups)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        # (b, heads, tokens, dim)
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return x + self.proj(out)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: PumaMedNetConfig):
+        super().__init__()
+        w = cfg.widths
+        self.stem = nn.Conv2d(cfg.in_channels, w[0], 3, stride=2, padding=1)
+        layers = []
+        size = cfg.image_size // 2
+        for c_in, c_out in zip(w[:-1], w[1:]):
+            size //= 2
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), _norm(c_out, cfg.groups), nn.SiLU(),
+                       ResidualBlock(c_out, cfg.groups)]
+            if cfg.attention_resolution and size == cfg.attention_resolution:
+                layers.append(SelfAttention2d(c_out, cfg.attention_heads, cfg.groups))
+        self.body = nn.Sequential(*layers)
+        self.out_norm = _norm(w[-1], cfg.groups)
+        flat = w[-1] * cfg.bottleneck_size ** 2
+        self.to_latent = nn.Linear(flat, 2 * cfg.latent_dim)
+
+    def forward(self, x):
+        h = self.body(self.stem(x))
+        h = F.silu(self.out_norm(h)).flatten(1)
+        mu, logvar = self.to_latent(h).chunk(2, dim=1)
+        return mu, logvar.clamp(-12.0, 8.0)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: PumaMedNetConfig):
+        super().__init__()
+        w = cfg.widths[::-1]
+        self.start_shape = (w[0], cfg.bottleneck_size, cfg.bottleneck_size)
+        self.from_latent = nn.Linear(cfg.latent_dim, w[0] * cfg.bottleneck_size ** 2)
+        layers = []
+        size = cfg.bottleneck_size
+        outs = list(w[1:]) + [w[-1]]
+        for c_in, c_out in zip(w, outs):
+            layers.append(ResidualBlock(c_in, cfg.groups))
+            if cfg.attention_resolution and size == cfg.attention_resolution:
+                layers.append(SelfAttention2d(c_in, cfg.attention_heads, cfg.groups))
+            size *= 2
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1),
+                       _norm(c_out, cfg.groups), nn.SiLU()]
+        self.body = nn.Sequential(*layers)
+        self.to_image = nn.Conv2d(w[-1], cfg.in_channels, 3, padding=1)
+
+    def forward(self, z):
+        h = self.from_latent(z).reshape(z.shape[0], *self.start_shape)
+        return torch.sigmoid(self.to_image(self.body(h)))
+
+
+class WeightNet(nn.Module):
+    """Predicts, from the input alone, where the reconstruction error will be high (a per-pixel
+    logit map). Trained on the detached error map, never on the weighted loss it feeds, so it
+    cannot learn to hide errors by down-weighting them."""
+
+    def __init__(self, cfg: PumaMedNetConfig, width: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(cfg.in_channels, width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=2, dilation=2), _norm(width, cfg.groups), nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=4, dilation=4), _norm(width, cfg.groups), nn.SiLU(),
+            nn.Conv2d(width, 1, 3, padding=1),
+        )
+
+    def forward(self, x):
+        return F.interpolate(self.net(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _make_head(latent_dim: int, outputs: int, hidden: int) -> nn.Module:
+    if hidden > 0:
+        return nn.Sequential(nn.Linear(latent_dim, hidden), nn.SiLU(), nn.Dropout(0.1), nn.Linear(hidden, outputs))
+    return nn.Linear(latent_dim, outputs)
+
+
+def error_map(x_hat: torch.Tensor, target: torch.Tensor, smooth: int = 5) -> torch.Tensor:
+    """Squared reconstruction error smoothed over a small window (Bx1xSxS), as a target for the
+    weight net and as the 'error' weight map."""
+    err = (x_hat - target).pow(2).mean(1, keepdim=True)
+    if smooth > 1:
+        err = F.avg_pool2d(err, smooth, stride=1, padding=smooth // 2, count_include_pad=False)
+    return err
+
+
+def normalise_weights(score: torch.Tensor, strength: float) -> torch.Tensor:
+    """Turn a non-negative per-pixel score into weights with mean 1 per image:
+    ``w = 1 - strength + strength * score / mean(score)``, then rescaled to mean 1."""
+    score = score.clamp_min(0)
+    rel = score / score.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-8)
+    w = (1.0 - strength) + strength * rel
+    return w / w.mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-8)
+
+
+class PumaMedNet(nn.Module):
+    def __init__(self, config: PumaMedNetConfig):
+        super().__init__()
+        if isinstance(config, dict):
+            config = PumaMedNetConfig.from_dict(config)
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        self.weight_net = WeightNet(config) if config.weight_map == "learned" else None
+        outputs = config.classifier_outputs
+        self.classifier = _make_head(config.latent_dim, outputs, config.classifier_hidden) if outputs else None
+        self.aux_heads = nn.ModuleDict({name: nn.Linear(config.latent_dim, n) for name, n in config.aux_heads.items()})
+
+    # --- the generative path -------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: Bx1xSxS in [0, 1] -> (mu, logvar), each B x latent_dim."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z: B x latent_dim -> Bx1xSxS in [0, 1]."""
+        return self.decoder(z)
+
+    @staticmethod
+    def reparameterize(mu, logvar):
+        return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+    def forward(self, x: torch.Tensor, sample: bool | None = None) -> VAEOutput:
+        """Encode, sample z (training) or take z = mu (eval, unless ``sample``), decode."""
+        mu, logvar = self.encode(x)
+        sample = self.training if sample is None else sample
+        z = self.reparameterize(mu, logvar) if sample else mu
+        return VAEOutput(self.decode(z), mu, logvar, z)
+
+    # --- the attention map of the reconstruction loss ----------------------------------------
+    def weight_logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        return self.weight_net(x) if self.weight_net is not None else None
+
+    def reconstruction_weights(self, x: torch.Tensor, recon: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-pixel weights (Bx1xSxS, mean 1 per image) the reconstruction loss gives to x.
+
+        learned: the weight net's predicted difficulty; error: the current (smoothed) error of
+        the reconstruction; none: all ones. High weight = the model prioritises that area."""
+        kind = self.config.weight_map
+        if kind == "none":
+            return torch.ones_like(x[:, :1])
+        if kind == "learned":
+            score = torch.sigmoid(self.weight_net(x))
+        else:
+            if recon is None:
+                recon = self.forward(x, sample=False).recon
+            score = error_map(recon.detach(), x)
+        return normalise_weights(score, self.config.weight_strength)
+
+    # --- classification path: encoder -> mu -> classifier ------------------------------------
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        if self.classifier is None:
+            raise CheckpointError("this PumaMedNet has no classifier head (it was trained without labels)")
+        mu, _ = self.encode(x)
+        return self.classifier(mu)
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities, always B x num_classes: softmax for multiclass; for binary the
+        two columns [1 - p, p] from one sigmoid logit; independent sigmoids for multilabel."""
+        return logits_to_proba(self.classify(x), self.config.task)
+
+
+def logits_to_proba(logits: torch.Tensor, task: str) -> torch.Tensor:
+    logits = logits.float()
+    if task == "multiclass":
+        return torch.softmax(logits, dim=1)
+    if task == "binary":
+        p = torch.sigmoid(logits[:, -1])
+        return torch.stack([1 - p, p], dim=1)
+    return torch.sigmoid(logits)
+
+
+class ClassificationPath(nn.Module):
+    """encoder -> mu -> classifier as one module (for FLOP counting, latency, export)."""
+
+    def __init__(self, model: PumaMedNet):
+        super().__init__()
+        self.encoder = model.encoder
+        self.classifier = model.classifier
+
+    def forward(self, x):
+        mu, _ = self.encoder(x)
+        return self.classifier(mu)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
