@@ -44,9 +44,9 @@ class OffsetBoosting(RegressorMixin, BaseEstimator):
     ``feature_names_in_``, ``feature_importances_`` (total gain).
     """
 
-    def __init__(self, family="poisson", n_estimators=400, learning_rate=0.05, num_leaves=15,
+    def __init__(self, family="poisson", n_estimators=300, learning_rate=0.08, num_leaves=15,
                  min_child_samples=20, subsample=0.8, colsample_bytree=0.8, reg_lambda=1.0,
-                 early_stopping_rounds=30, validation_fraction=0.2, random_state=0, n_jobs=1):
+                 early_stopping_rounds=25, validation_fraction=0.2, random_state=0, n_jobs=1):
         self.family = family
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -115,7 +115,7 @@ class OffsetBoosting(RegressorMixin, BaseEstimator):
 
     def raw_score(self, X) -> np.ndarray:
         """Log relative rate (or log-odds relative to the overall proportion) per row."""
-        return self.booster_.predict(self._array(X), raw_score=True)
+        return self.booster_.predict(self._array(X), raw_score=True, num_threads=self.n_jobs)
 
     def predict(self, X, exposure=None):
         """Expected counts (with ``exposure``), the rate per person (without), or proportions."""
@@ -190,7 +190,7 @@ def _grid(values, n_points):
 
 
 def partial_dependence(model: OffsetBoosting, X: pd.DataFrame, features, *, grid_points=20, n_ice=60,
-                       max_rows=1000, random_state=0) -> pd.DataFrame:
+                       max_rows=600, random_state=0) -> pd.DataFrame:
     """Partial dependence and ICE curves on the log relative-rate scale.
 
     Long table: feature, value, curve (``"PD"`` or the row label of an ICE curve), effect
@@ -242,17 +242,28 @@ def accumulated_local_effects(model: OffsetBoosting, X: pd.DataFrame, feature, n
                          "count": np.concatenate([[0], counts])})
 
 
-def shap_values(model: OffsetBoosting, X: pd.DataFrame) -> tuple[pd.DataFrame, float]:
-    """SHAP values (TreeExplainer, tree-path-dependent algorithm) per row and
-    covariate, on the log relative-rate scale, and the expected raw score."""
-    import shap
+def shap_values(model: OffsetBoosting, X: pd.DataFrame, backend: str = "lightgbm") -> tuple[pd.DataFrame, float]:
+    """Exact TreeSHAP values per row and covariate, on the log relative-rate scale, and the
+    expected raw score (the values of a row sum with it to the row's raw score).
 
-    explainer = shap.TreeExplainer(model.booster_)
-    values = explainer.shap_values(X.to_numpy(float))
-    if isinstance(values, list):  # older shap returned one array per output
-        values = values[0]
-    expected = explainer.expected_value
-    expected = float(np.ravel(expected)[0])
+    ``backend="lightgbm"`` uses LightGBM's built-in TreeSHAP (``pred_contrib``), the same
+    tree-path-dependent algorithm as ``shap.TreeExplainer`` (Lundberg et al. 2020) and equal to
+    it to machine precision (tested), without the seconds that importing ``shap`` costs a fresh
+    process; ``backend="shap"`` calls ``shap.TreeExplainer`` itself."""
+    Xa = X.to_numpy(float)
+    if backend == "lightgbm":
+        contrib = model.booster_.predict(Xa, pred_contrib=True, num_threads=model.n_jobs)
+        values, expected = contrib[:, :-1], float(contrib[0, -1])
+    elif backend == "shap":
+        import shap
+
+        explainer = shap.TreeExplainer(model.booster_)
+        values = explainer.shap_values(Xa)
+        if isinstance(values, list):  # older shap returned one array per output
+            values = values[0]
+        expected = float(np.ravel(explainer.expected_value)[0])
+    else:
+        raise DataError(f"unknown SHAP backend {backend!r}; use 'lightgbm' or 'shap'")
     return pd.DataFrame(values, index=X.index, columns=X.columns), expected
 
 

@@ -328,7 +328,10 @@ class SocioeconomicFactors(TransformerMixin, BaseEstimator):
 
         pattern, phi = unrotated, np.eye(k)
         if self.rotation is not None and k > 1:
-            rotator = Rotator(method=self.rotation)
+            # factor_analyzer's default stopping rule (relative gain < 1e-5) halts varimax near the
+            # unrotated solution when two factors are of similar size (it starts close to a
+            # stationary point of the criterion); a tight tolerance reaches the real optimum.
+            rotator = Rotator(method=self.rotation, tol=1e-10, max_iter=5000)
             pattern = rotator.fit_transform(unrotated)
             if self.rotation in OBLIQUE_ROTATIONS and rotator.phi_ is not None:
                 phi = np.asarray(rotator.phi_, dtype=float)
@@ -400,3 +403,88 @@ class SocioeconomicFactors(TransformerMixin, BaseEstimator):
         """Loadings with communality and uniqueness per indicator (the usual FA table)."""
         check_is_fitted(self, "loadings_")
         return self.loadings_.assign(communality=self.communalities_, uniqueness=self.uniquenesses_)
+
+
+# ---------------------------------------------------------------- the municipal indicators
+# Panel sources whose numeric variables are offered as indicators, and the reference index the
+# factor scores are validated against.
+INDICATOR_SOURCES = ("imm_2020", "coneval_2015", "hdi", "migration_index")
+VALIDATION_VARIABLE = "ses_marginalization_index"  # CONAPO's IM_2020 (higher = less marginalized)
+_NUMERIC_KINDS = ("continuous", "count", "share")
+
+
+def conapo_2020_indicators() -> list[str]:
+    """Panel names of CONAPO's nine 2020 indicators (ANALF, SBASC, ... PO2SM), in official order."""
+    from pumamed.epi.panel import panel_sources
+    from pumamed.epi.socio import IMM_2020_INDICATORS
+
+    by_raw = {v.raw: v.name for s in panel_sources() if s.key == "imm_2020" for v in s.variables}
+    return [by_raw[raw] for raw in IMM_2020_INDICATORS if raw in by_raw]
+
+
+def indicator_table(data_dir=None, sources=INDICATOR_SOURCES) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Municipal socioeconomic indicators with the panel's names, read straight from their sources.
+
+    Returns ``(table, catalog)``: ``table`` has ``CVEGEO`` and one column per numeric variable of
+    the chosen panel ``sources`` (CONAPO 2020, CONEVAL 2015, UNDP HDI, migration index), without
+    assembling the whole panel; ``catalog`` lists them (``name, label, unit, source, year``) plus
+    ``available``. CONAPO 2020 is required (it holds the default indicators and the validation
+    index); the others are skipped when their files are absent.
+    """
+    from pumamed.epi.io import epi_dir
+    from pumamed.epi.panel import panel_sources
+
+    root = epi_dir(data_dir)
+    table: pd.DataFrame | None = None
+    rows = []
+    for source in panel_sources():
+        if source.key not in sources:
+            continue
+        try:
+            frame = source.load(root)
+        except DataError:
+            if source.key == "imm_2020":
+                raise
+            frame = None
+        for var in source.variables:
+            if var.kind not in _NUMERIC_KINDS:
+                continue
+            available = frame is not None and var.raw in frame.columns
+            rows.append({"name": var.name, "label": var.label, "unit": var.unit, "source": var.source,
+                         "year": var.year, "available": available})
+        if frame is None:
+            continue
+        keep = {v.raw: v.name for v in source.variables if v.kind in _NUMERIC_KINDS and v.raw in frame.columns}
+        part = frame[["CVEGEO", *keep]].rename(columns=keep).drop_duplicates("CVEGEO")
+        table = part if table is None else table.merge(part, on="CVEGEO", how="outer")
+    if table is None:
+        raise DataError("none of the socioeconomic sources could be read")
+    catalog = pd.DataFrame(rows, columns=["name", "label", "unit", "source", "year", "available"])
+    return table.sort_values("CVEGEO").reset_index(drop=True), catalog.drop_duplicates("name").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- shared variance between exposures
+def correlation_table(frame: pd.DataFrame, method: str = "pearson") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pairwise correlations of the columns of ``frame`` and the number of rows behind each.
+
+    Pairwise-complete: each cell uses the rows where both columns have a value (sources such as
+    pollutant networks cover different places and years), so ``n`` matters when reading it.
+    """
+    if method not in ("pearson", "spearman"):
+        raise InputError(f"method must be 'pearson' or 'spearman'; got {method!r}")
+    numeric = _as_frame(frame)
+    present = numeric.notna().astype(float)
+    n = present.T @ present
+    corr = numeric.corr(method=method, min_periods=3)
+    return corr, n.astype(int)
+
+
+def variance_inflation(frame: pd.DataFrame) -> pd.DataFrame:
+    """Variance inflation factors on the complete rows: ``VIF_j = 1 / (1 - R²_j)``, the diagonal
+    of the inverse correlation matrix. Above 5-10 a regression cannot separate that column's effect
+    from the others'."""
+    complete = _complete_rows(frame)
+    corr = _correlation(complete)
+    vif = np.diag(np.linalg.inv(corr))
+    return pd.DataFrame({"variable": complete.columns, "vif": vif, "r2_on_others": 1 - 1 / vif,
+                         "n_rows": len(complete)})

@@ -87,6 +87,36 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def disk_cached(kind: str, sources, builder, *, extra: str = "", version: str = "1"):
+    """``builder()``'s DataFrame, cached as parquet in :func:`cache_dir` under a key made of the
+    source files' fingerprints; rebuilt when a source changes or the cache is unreadable.
+
+    Used for slow reads (the ENSANUT workbook takes ~9 s through openpyxl). Caching never fails
+    a read: an unwritable cache only costs time.
+    """
+    import logging
+
+    log = logging.getLogger(__name__)
+    key = file_fingerprint(*sources, extra=f"{kind}|{version}|{extra}")
+    base = cache_dir()
+    path = None if base is None else base / f"{kind}-{key}.parquet"
+    if path is not None and path.exists():
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - a truncated cache is rebuilt, never trusted
+            log.warning("ignoring unreadable cache %s: %s", path, exc)
+    frame = builder()
+    if path is not None:
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        try:
+            frame.to_parquet(tmp, index=False)
+            tmp.replace(path)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not write cache %s: %s", path, exc)
+            tmp.unlink(missing_ok=True)
+    return frame
+
+
 # ----------------------------------------------------------------------------------------- codes
 
 _NON_DIGIT = re.compile(r"\D")

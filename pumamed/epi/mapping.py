@@ -74,15 +74,86 @@ def format_number(value: float, unit: str = "") -> str:
     return f"{text} {unit}".strip() if unit and unit not in ("-", "index") else text
 
 
+def fisher_jenks_breaks(values, k: int, max_points: int = 4000) -> np.ndarray:
+    """Upper bounds of the ``k`` Fisher-Jenks classes (exact optimum of within-class squares).
+
+    Dynamic programming over the sorted distinct values, weighted by their counts, vectorised
+    with NumPy. It gives mapclassify's ``FisherJenks`` answer without importing mapclassify,
+    whose numba compilation at import costs 5-20 s on the first page view. Above
+    ``max_points`` distinct values, evenly spaced quantiles stand in for the data (as
+    ``FisherJenksSampled`` does).
+    """
+    observed = np.asarray(values, dtype=float)
+    observed = observed[np.isfinite(observed)]
+    points, weights = np.unique(observed, return_counts=True)
+    if len(points) > max_points:
+        points = np.unique(np.quantile(observed, np.linspace(0, 1, max_points)))
+        weights = np.ones(len(points))
+    n = len(points)
+    k = int(min(k, n))
+    if k <= 1:
+        return np.array([points[-1]])
+    weights = weights.astype(float)
+    cum_w = np.concatenate([[0.0], np.cumsum(weights)])
+    cum_x = np.concatenate([[0.0], np.cumsum(weights * points)])
+    cum_x2 = np.concatenate([[0.0], np.cumsum(weights * points**2)])
+
+    def within(starts, ends):  # within-class sum of squares of points[a:e], a x e grid
+        w = cum_w[ends][None, :] - cum_w[starts][:, None]
+        sx = cum_x[ends][None, :] - cum_x[starts][:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (cum_x2[ends][None, :] - cum_x2[starts][:, None]) - sx * sx / w
+
+    def column_minima(previous, starts, ends):
+        total = previous[starts][:, None] + within(starts, ends)
+        total[~(starts[:, None] < ends[None, :])] = np.inf
+        arg = np.argmin(total, axis=0)
+        return total[arg, np.arange(len(ends))], starts[arg]
+
+    # best[e]: least within-class sum of squares of points[:e] in j + 1 classes (best[0] unused).
+    all_ends = np.arange(n + 1)
+    best = np.concatenate([[np.inf], within(np.array([0]), all_ends[1:])[0]])
+    back = np.zeros((k, n + 1), dtype=int)
+    block_size = 128
+    for j in range(1, k):
+        # previous[a]: best split of points[:a] into j classes, so the last class starts at a.
+        previous = best.copy()
+        previous[:j] = np.inf
+        new_best = np.full(n + 1, np.inf)
+        # The squared-error cost is a Monge matrix, so the optimal start of the last class never
+        # moves left as the end moves right: solve the blocks' edge columns over every start,
+        # then each block only over the starts between its edges' optima (~5x less work).
+        firsts = all_ends[1::block_size]
+        lasts = np.minimum(firsts + block_size - 1, n)
+        edges = np.unique(np.concatenate([firsts, lasts]))
+        edge_best, edge_arg = column_minima(previous, np.arange(n), edges)
+        new_best[edges], back[j, edges] = edge_best, edge_arg
+        edge_opt = dict(zip(edges.tolist(), edge_arg.tolist()))
+        for first, last in zip(firsts.tolist(), lasts.tolist()):
+            inner = np.arange(first + 1, last)
+            if len(inner) == 0:
+                continue
+            starts = np.arange(edge_opt[first], edge_opt[last] + 1)
+            new_best[inner], back[j, inner] = column_minima(previous, starts, inner)
+        best = new_best
+    n_end = n
+    # Walk back from the full range to the class starts.
+    uppers, end = [], n_end
+    for j in range(k - 1, 0, -1):
+        start = back[j, end]
+        uppers.append(points[end - 1])
+        end = start
+    uppers.append(points[end - 1])
+    return np.array(sorted(uppers))
+
+
 def classify(values, scheme: str = "quantiles", k: int = 5) -> Classification:
-    """Put values into ``k`` classes with mapclassify (quantiles, Fisher-Jenks, equal intervals).
+    """Put values into ``k`` classes: quantiles, natural breaks (Fisher-Jenks), equal intervals.
 
     ``k`` is reduced when there are fewer distinct values (or, for quantiles, distinct
     quantiles) than classes, so no class is empty by construction. ``"unclassed"`` gives one
     class spanning the range (the colour then shows the value itself).
     """
-    import mapclassify
-
     if scheme not in SCHEMES:
         raise InputError(f"unknown classification scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
     if not 2 <= int(k) <= 12:
@@ -104,11 +175,11 @@ def classify(values, scheme: str = "quantiles", k: int = 5) -> Classification:
     k = min(int(k), n_distinct)
     if scheme == "quantiles":
         # Ties can merge quantiles: use the distinct ones (np.unique also sorts them).
-        upper = np.unique(np.quantile(observed, np.linspace(0, 1, k + 1)[1:]))
+        upper = np.quantile(observed, np.linspace(0, 1, k + 1)[1:])
     elif scheme == "natural_breaks":
-        upper = np.asarray(mapclassify.FisherJenks(observed, k=k).bins, dtype=float)
+        upper = fisher_jenks_breaks(observed, k)
     else:
-        upper = np.asarray(mapclassify.EqualInterval(observed, k=k).bins, dtype=float)
+        upper = low + (high - low) * np.arange(1, k + 1) / k
     upper = np.unique(upper)
     upper[-1] = high
     edges = np.concatenate([[low], upper])
@@ -355,6 +426,17 @@ def municipal_choropleth(
     trace_cls = go.Choropleth if renderer == "geo" else go.Choroplethmap
     marker = dict(line=dict(width=0.15 if shown.all() else 0.4, color=BORDER_COLOUR))
     traces = []
+    if renderer == "geo":
+        lons, lats = _state_lines_cached(root, int(decimals))
+        if not state_borders:
+            lons, lats = lons[:1], lats[:1]
+        # The outline goes FIRST: plotly.js decides whether to download its world topojson from
+        # the CDN by looking at the first trace of the geo subplot only, and a lon/lat trace needs
+        # none. With the choropleth first, offline browsers log an error and never draw the map.
+        traces.append(go.Scattergeo(lon=lons, lat=lats, mode="lines", hoverinfo="skip", showlegend=False,
+                                    opacity=1.0 if state_borders else 0.0,
+                                    line=dict(width=0.8 if shown.all() else 1.4, color="rgba(60,60,60,0.8)")))
+
     def collection(mask):  # each trace carries only its own polygons
         return {"type": "FeatureCollection", "features": [f for f, keep in zip(shown_features, mask) if keep]}
 
@@ -371,10 +453,6 @@ def municipal_choropleth(
     bounds = names.loc[shown, ["minx", "miny", "maxx", "maxy"]]
     box = (float(bounds.minx.min()), float(bounds.miny.min()), float(bounds.maxx.max()), float(bounds.maxy.max()))
     if renderer == "geo":
-        if state_borders:
-            lons, lats = _state_lines_cached(root, int(decimals))
-            figure.add_trace(go.Scattergeo(lon=lons, lat=lats, mode="lines", hoverinfo="skip", showlegend=False,
-                                           line=dict(width=0.8 if shown.all() else 1.4, color="rgba(60,60,60,0.8)")))
         pad_x = (box[2] - box[0]) * 0.02
         pad_y = (box[3] - box[1]) * 0.02
         figure.update_geos(
@@ -408,3 +486,67 @@ def _colorbar_title(label: str, unit: str) -> str:
     lines.append(line)
     text = "<br>".join(lines)
     return f"{text}<br>({unit})" if unit and unit not in ("-", "index") else text
+
+
+# ---------------------------------------------------------------- points (monitoring stations)
+def state_outline(data_dir=None, decimals: int = DEFAULT_DECIMALS) -> tuple[np.ndarray, np.ndarray]:
+    """State borders as (lon, lat) arrays with NaN between rings, for a line trace."""
+    return _state_lines_cached(_root(data_dir), int(decimals))
+
+
+def station_map(stations: pd.DataFrame, value: str | None = None, *, label: str = "", unit: str = "",
+                palette: str = "viridis", renderer: str = "geo", title: str | None = None, data_dir=None,
+                outline: bool = True):
+    """Stations as points (``lon``, ``lat``, ``station_name``, ``network``), coloured by ``value``.
+
+    Stations whose ``value`` is missing are drawn as small grey rings, so the network's extent
+    stays visible. ``renderer="geo"`` works offline over the state borders; ``"maplibre"`` uses
+    ``go.Scattermap`` over Carto tiles (no token; tiles need internet).
+    """
+    import plotly.graph_objects as go
+
+    if renderer not in RENDERERS:
+        raise InputError(f"renderer must be one of {', '.join(RENDERERS)}; got {renderer!r}")
+    needed = {"lon", "lat", "station_name", "network"}
+    if not needed <= set(stations.columns):
+        raise DataError(f"the station table needs columns {sorted(needed)}")
+    palette_colours(palette, 2)
+    frame = stations.dropna(subset=["lon", "lat"]).reset_index(drop=True)
+    has = frame[value].notna().to_numpy() if value else np.ones(len(frame), dtype=bool)
+    text = [format_number(v, unit) for v in frame[value]] if value else [""] * len(frame)
+    custom = np.column_stack([frame["station_name"].astype(str), frame["network"].astype(str), text])
+    hover = ("<b>%{customdata[0]}</b><br>%{customdata[1]}"
+             + (f"<br>{label or value}: " + "%{customdata[2]}" if value else "") + "<extra></extra>")
+    scatter = go.Scattergeo if renderer == "geo" else go.Scattermap
+    traces = []
+    if outline and renderer == "geo":
+        lons, lats = state_outline(data_dir)
+        traces.append(go.Scattergeo(lon=lons, lat=lats, mode="lines", hoverinfo="skip", showlegend=False,
+                                    line=dict(width=0.7, color="rgba(90,90,90,0.7)")))
+    if (~has).any():
+        traces.append(scatter(lon=frame["lon"][~has], lat=frame["lat"][~has], mode="markers", name="no valid value",
+                              marker=dict(size=6, color=NO_DATA_COLOUR, opacity=0.9),
+                              customdata=custom[~has], hovertemplate=hover))
+    if has.any():
+        marker = dict(size=10, opacity=0.9)
+        if value:
+            marker.update(color=frame[value][has], colorscale=palette, showscale=True,
+                          colorbar=dict(title=dict(text=_colorbar_title(label or value, unit)), thickness=14, len=0.75))
+        traces.append(scatter(lon=frame["lon"][has], lat=frame["lat"][has], mode="markers", name=label or "stations",
+                              marker=marker, customdata=custom[has], hovertemplate=hover))
+    figure = go.Figure(traces)
+    lon, lat = frame["lon"], frame["lat"]
+    if renderer == "geo":
+        pad_x = max(0.5, (lon.max() - lon.min()) * 0.05) if len(frame) else 1
+        pad_y = max(0.5, (lat.max() - lat.min()) * 0.05) if len(frame) else 1
+        figure.update_geos(visible=False, projection_type="mercator", bgcolor="rgba(0,0,0,0)",
+                           lonaxis_range=[lon.min() - pad_x, lon.max() + pad_x] if len(frame) else [-118.5, -86.5],
+                           lataxis_range=[lat.min() - pad_y, lat.max() + pad_y] if len(frame) else [14.4, 32.8])
+    else:
+        box = (lon.min(), lat.min(), lon.max(), lat.max()) if len(frame) else (-118.5, 14.4, -86.5, 32.8)
+        figure.update_layout(map=dict(style="carto-positron", center=dict(lon=(box[0] + box[2]) / 2,
+                                                                         lat=(box[1] + box[3]) / 2),
+                                      zoom=_zoom_for(box)))
+    figure.update_layout(title=dict(text=title or label), margin=dict(l=0, r=0, t=40, b=0),
+                         paper_bgcolor="rgba(0,0,0,0)", legend=dict(orientation="h", y=-0.02))
+    return figure

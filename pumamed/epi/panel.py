@@ -48,7 +48,11 @@ class Variable:
     source: str
     year: str
     kind: str = "continuous"
-    raw: str = ""  # column of the loader's table it comes from
+    raw: str = ""  # column of the loader's table it comes from (default: the same name)
+
+    def __post_init__(self):
+        if not self.raw:
+            object.__setattr__(self, "raw", self.name)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class PanelSource:
     coverage: str | tuple[str, ...] = "national"
     fill_zero: tuple[str, ...] = ()  # count columns where "not listed" means zero within coverage
     coverage_from: str | None = None  # column of the loaded table listing covered states, if dynamic
+    fill_value: dict = field(default_factory=dict)  # column -> value for rows the source does not list
+    records_column: str | None = None  # loader column counting underlying records (patients, deaths)
 
 
 @dataclass
@@ -92,6 +98,13 @@ class PanelQuality:
             "notes": list(self.notes),
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "PanelQuality":
+        return cls(sources=pd.DataFrame(data["sources"]), missingness=pd.DataFrame(data["missingness"]),
+                   unmatched=pd.DataFrame(data["unmatched"], columns=["source", "CVEGEO", "reason", "rows", "records"]),
+                   n_municipalities=int(data["n_municipalities"]), years=[int(y) for y in data["years"]],
+                   notes=list(data.get("notes", [])))
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=str)
 
@@ -110,7 +123,8 @@ class PanelQuality:
                          f"(years {row.years_with_data})")
         lines += ["", f"codes that failed to join: {len(self.unmatched)}"]
         for row in self.unmatched.head(max_unmatched).itertuples(index=False):
-            lines.append(f"  {row.source:28} {row.CVEGEO}  {row.reason}  rows={row.rows}")
+            records = "" if pd.isna(row.records) else f" records={int(row.records)}"
+            lines.append(f"  {row.source:28} {row.CVEGEO}  {row.reason}  rows={row.rows}{records}")
         if len(self.unmatched) > max_unmatched:
             lines.append(f"  ... {len(self.unmatched) - max_unmatched} more (see --json)")
         if self.notes:
@@ -287,14 +301,14 @@ _BASE_SOURCES: list[PanelSource] = [
     PanelSource("vital_2019", "INEGI deaths 2019 (all causes)", _load_vital_2019, (
         _v("deaths_all_causes", "outcome", "Registered deaths, all causes", "deaths",
            "INEGI defunciones registradas 2019", 2019, "count", "defunciones"),
-    ), time_varying=True),
+    ), time_varying=True, records_column="defunciones"),
 ]
 
 
 def _extra_sources() -> list[PanelSource]:
     """Sources defined next to their readers (pollutants, outcomes); absent modules are skipped."""
     found: list[PanelSource] = []
-    for module_name in ("pumamed.epi.pollutants", "pumamed.epi.outcomes"):
+    for module_name in ("pumamed.epi.climate", "pumamed.epi.pollutants", "pumamed.epi.outcomes"):
         try:
             module = __import__(module_name, fromlist=["PANEL_SOURCES"])
         except ImportError as exc:
@@ -321,10 +335,10 @@ def variable_catalog() -> pd.DataFrame:
              "unit": "", "source": _INEGI_GEO, "year": "2020", "kind": "text"},
             {"name": "year", "group": "geography", "label": "Year", "unit": "", "source": "panel",
              "year": "", "kind": "text"}]
-    for source in panel_sources():
-        for var in source.variables:
-            rows.append({"name": var.name, "group": var.group, "label": var.label, "unit": var.unit,
-                         "source": var.source, "year": var.year, "kind": var.kind})
+    variables = [v for source in panel_sources() for v in source.variables] + [d[0] for d in DERIVED]
+    for var in variables:
+        rows.append({"name": var.name, "group": var.group, "label": var.label, "unit": var.unit,
+                     "source": var.source, "year": var.year, "kind": var.kind})
     catalog = pd.DataFrame(rows, columns=["name", "group", "label", "unit", "source", "year", "kind"])
     return catalog.drop_duplicates("name").reset_index(drop=True)
 
@@ -359,7 +373,47 @@ def clear_cache() -> None:
 
 @functools.lru_cache(maxsize=2)
 def _build_cached(root: str) -> tuple[pd.DataFrame, PanelQuality]:
-    return assemble(Path(root), panel_sources())
+    """Memory cache over a disk cache (parquet + JSON in :func:`pumamed.epi.io.cache_dir`) keyed by
+    every file under the epi folder (path, size, mtime) and the source code of the data layer, so
+    a changed file or a changed reader rebuilds it."""
+    from pumamed.epi.io import cache_dir
+
+    root_path = Path(root)
+    base = cache_dir()
+    key = _panel_cache_key(root_path) if base is not None and root_path.is_dir() else None
+    if key is not None:
+        panel_file, quality_file = base / f"panel-{key}.parquet", base / f"panel-{key}.json"
+        if panel_file.exists() and quality_file.exists():
+            try:
+                return pd.read_parquet(panel_file), PanelQuality.from_dict(json.loads(quality_file.read_text()))
+            except Exception as exc:  # noqa: BLE001 - a damaged cache is rebuilt
+                log.warning("ignoring unreadable panel cache: %s", exc)
+    panel, quality = assemble(root_path, panel_sources())
+    if key is not None:
+        try:
+            tmp = panel_file.with_suffix(".tmp.parquet")
+            panel.to_parquet(tmp, index=False)
+            tmp.replace(panel_file)
+            quality_file.write_text(quality.to_json())
+        except Exception as exc:  # noqa: BLE001 - caching is an optimisation only
+            log.warning("could not write the panel cache: %s", exc)
+    return panel, quality
+
+
+def _panel_cache_key(root: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(b"panel-v2")
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    package = Path(__file__).resolve().parent
+    for module in ("io", "geometry", "socio", "climate", "pollutants", "outcomes", "panel"):
+        source = package / f"{module}.py"
+        if source.exists():
+            digest.update(source.read_bytes())
+    return digest.hexdigest()[:20]
 
 
 def assemble(root: Path, sources: list[PanelSource]) -> tuple[pd.DataFrame, PanelQuality]:
@@ -395,9 +449,12 @@ def assemble(root: Path, sources: list[PanelSource]) -> tuple[pd.DataFrame, Pane
         codes = frame["CVEGEO"].dropna().unique()
         unmatched = sorted(set(codes) - ref_set)
         counts = frame["CVEGEO"].value_counts()
+        records = (table.groupby("CVEGEO")[source.records_column].sum()
+                   if source.records_column and source.records_column in table.columns else None)
         for code in unmatched:
             unmatched_rows.append({"source": source.key, "CVEGEO": code, "reason": _unmatched_reason(code),
-                                   "rows": int(counts.get(code, 0))})
+                                   "rows": int(counts.get(code, 0)),
+                                   "records": None if records is None else int(records.get(code, 0))})
         frame = frame[frame["CVEGEO"].isin(ref_set)]
         value_cols = [v.name for v in source.variables]
         has_value = frame[value_cols].notna().any(axis=1)
@@ -431,7 +488,14 @@ def assemble(root: Path, sources: list[PanelSource]) -> tuple[pd.DataFrame, Pane
             frame = frame[~dup]
         covered_states = _covered_states(source, frame)
         value_frame = frame.drop(columns=[c for c in frame.columns if c == source.coverage_from])
+        # Two sources may feed the same columns for different years/states (the 2020 and 2021
+        # COVID-19 releases): values already present win, the new source fills the gaps.
+        shared = [c for c in value_frame.columns if c not in KEY and c in panel.columns]
+        if shared:
+            value_frame = value_frame.rename(columns={c: f"{c}__new" for c in shared})
         panel = panel.merge(value_frame, on=KEY, how="left")
+        for column in shared:
+            panel[column] = panel[column].combine_first(panel.pop(f"{column}__new"))
         if source.fill_zero:
             # Within the source's coverage (its states, its years) a municipality not listed had no case.
             in_years = panel["year"].isin(frame["year"].unique())
@@ -439,11 +503,13 @@ def assemble(root: Path, sources: list[PanelSource]) -> tuple[pd.DataFrame, Pane
             mask = in_years & in_states
             for column in source.fill_zero:
                 panel.loc[mask & panel[column].isna(), column] = 0
+        for column, value in source.fill_value.items():
+            panel[column] = panel[column].fillna(value)
     # Columns of sources that failed still exist (all missing), so pages never KeyError.
-    for source in sources:
-        for var in source.variables:
-            if var.name not in panel.columns:
-                panel[var.name] = np.nan
+    absent = [v.name for s in sources for v in s.variables if v.name not in panel.columns]
+    if absent:
+        filler = pd.DataFrame(np.nan, index=panel.index, columns=list(dict.fromkeys(absent)))
+        panel = pd.concat([panel, filler], axis=1)
     ordered = KEY + [v.name for s in sources for v in s.variables if v.name not in KEY]
     panel = panel[list(dict.fromkeys(ordered))].sort_values(KEY).reset_index(drop=True)
     panel = _derive(panel, notes)
@@ -452,8 +518,9 @@ def assemble(root: Path, sources: list[PanelSource]) -> tuple[pd.DataFrame, Pane
         sources=pd.DataFrame(status_rows, columns=["source", "label", "status", "rows", "codes", "joined",
                                                    "unmatched", "municipalities_with_data", "coverage_pct",
                                                    "years", "message"]),
-        missingness=_missingness(panel, sources),
-        unmatched=pd.DataFrame(unmatched_rows, columns=["source", "CVEGEO", "reason", "rows"]),
+        missingness=_missingness(panel, [*sources, PanelSource("derived", "derived rates", lambda root: None,
+                                                               tuple(d[0] for d in DERIVED))]),
+        unmatched=pd.DataFrame(unmatched_rows, columns=["source", "CVEGEO", "reason", "rows", "records"]),
         n_municipalities=len(reference), years=years, notes=notes,
     )
     return panel, quality
@@ -508,15 +575,41 @@ def _unmatched_reason(code: str) -> str:
     return "code not among the 2,469 municipalities of 2020"
 
 
+# Rates computed once, so that every page and model uses the same definition. The denominator is
+# the 2020 census population for every year (no municipal intercensal estimates are in the data):
+# a few percent off for 2017-2019, stated in the catalogue label.
+DERIVED: tuple[tuple[Variable, str, float], ...] = (
+    (Variable("diabetes_mortality_per_100k", "outcome",
+              "Diabetes deaths per 100,000 inhabitants (crude; 2020 census population)", "per 100,000",
+              "derived: diabetes_deaths / population", "2017-2021", "continuous"), "diabetes_deaths", 1e5),
+    (Variable("covid_diabetic_patients_per_100k", "outcome",
+              "Diabetic COVID-19 patients per 100,000 inhabitants (2020 census population)", "per 100,000",
+              "derived: covid_diabetic_patients / population", "2020,2021", "continuous"),
+     "covid_diabetic_patients", 1e5),
+    (Variable("deaths_all_causes_per_1000", "outcome", "Deaths (all causes, 2019) per 1,000 inhabitants",
+              "per 1,000", "derived: deaths_all_causes / population", "2019", "continuous"),
+     "deaths_all_causes", 1e3),
+)
+
+
 def _derive(panel: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """Rates computed once here so every page uses the same definition."""
-    return panel
+    population = panel["population"].astype(float) if "population" in panel else None
+    derived = {}
+    for variable, numerator, scale in DERIVED:
+        if population is None or numerator not in panel:
+            derived[variable.name] = pd.Series(np.nan, index=panel.index)
+        else:
+            derived[variable.name] = scale * panel[numerator].astype(float) / population.where(population > 0)
+    return pd.concat([panel, pd.DataFrame(derived, index=panel.index)], axis=1)
 
 
 def _missingness(panel: pd.DataFrame, sources: list[PanelSource]) -> pd.DataFrame:
-    rows = []
+    rows, seen = [], set()
     for source in sources:
         for var in source.variables:
+            if var.name in seen:  # fed by several sources (COVID-19 2020 and 2021): report once
+                continue
+            seen.add(var.name)
             column = panel[var.name]
             present = column.notna()
             years = sorted(panel.loc[present, "year"].unique().tolist())

@@ -349,21 +349,99 @@ def read_census_attributes(data_dir=None) -> pd.DataFrame:
     return _codes_table(out, table["region"], "df_mxmunicipio_2020")
 
 
-def read_census_tabulation(path, *, header_lines: int = 3, encoding: str = "windows-1252") -> pd.DataFrame:
-    """An INEGI census tabulation CSV as exported by INEGI's web tool (windows-1252, three header
-    lines above the data). Returns the raw table with stripped text cells and a ``CVEGEO`` column
-    when the first columns hold state and municipality codes."""
-    path = Path(path)
-    require_file(path, f"census tabulation {path.name}")
-    try:
-        text = path.read_bytes().decode(encoding)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path.name} is not {encoding}: {exc}") from exc
+def read_census_tabulation(path, *, header_lines: int = 3, encoding: str | None = None) -> pd.DataFrame:
+    """An INEGI census tabulation as exported by INEGI's query tool (``data-raw/censo/*.csv``).
+
+    Layout: windows-1252; three title lines; a header row whose first cells are empty (code, name
+    and, in the 1990-2010 file, sex); the national row (code ``' '``), state rows
+    (``=CONCATENAR(0,01)``), then municipal rows with codes like ``' 01 001 '``; a source footnote.
+    Numbers use commas as thousands separators. ``encoding=None`` reads INEGI's windows-1252 and
+    also a copy re-saved as UTF-8 (strict UTF-8 is tried first: cp1252 text is almost never valid
+    UTF-8, while the reverse would silently produce mojibake).
+
+    Returns one row per municipal line: ``CVEGEO``, ``NOM_MUN``, ``sex`` (only when the table has
+    a sex column: Total/Hombre/Mujer), then the numeric columns under their published headers.
+    """
     import io
 
-    frame = pd.read_csv(io.StringIO(text), skiprows=header_lines, dtype=str, keep_default_na=False)
-    frame.columns = [str(c).strip() for c in frame.columns]
-    return frame.apply(lambda col: col.str.strip() if col.dtype != object or True else col)
+    path = Path(path)
+    require_file(path, f"census tabulation {path.name}")
+    raw = path.read_bytes()
+    if encoding is None:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = raw.decode("windows-1252", errors="strict") if _is_cp1252(raw) else None
+        if text is None:
+            raise DataError(f"{path.name} is neither UTF-8 nor windows-1252 text")
+    else:
+        try:
+            text = raw.decode(encoding)
+        except (UnicodeDecodeError, LookupError) as exc:
+            raise DataError(f"{path.name} is not {encoding}: {exc}") from exc
+    try:
+        frame = pd.read_csv(io.StringIO(text), skiprows=header_lines, dtype=str, keep_default_na=False,
+                            on_bad_lines="skip")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path.name}: not an INEGI tabulation ({exc})") from exc
+    columns = [str(c).strip() for c in frame.columns]
+    # Header cells of the label columns are empty ("Unnamed: 0" ...); the last one is a trailing comma.
+    label_count = 0
+    for name in columns:
+        if name.startswith("Unnamed") or name == "":
+            label_count += 1
+        else:
+            break
+    if label_count < 2:
+        raise DataError(f"{path.name}: expected two empty header cells (code, name) after {header_lines} title lines")
+    names = ["code", "NOM_MUN", "sex"][:label_count] + columns[label_count:]
+    frame.columns = names
+    frame = frame.loc[:, [c for c in frame.columns if not c.startswith("Unnamed")]]
+    code = frame["code"].str.strip()
+    municipal = code.str.fullmatch(r"\d{2}\s+\d{3}")
+    frame = frame[municipal].copy()
+    out = pd.DataFrame({"CVEGEO": code[municipal].str.replace(r"\s+", "", regex=True).to_numpy(),
+                        "NOM_MUN": frame["NOM_MUN"].str.strip().to_numpy()})
+    if "sex" in frame.columns:
+        out["sex"] = frame["sex"].str.strip().to_numpy()
+    for column in frame.columns[label_count:]:
+        out[column] = to_number(frame[column]).to_numpy()
+    return out.reset_index(drop=True)
+
+
+def _is_cp1252(raw: bytes) -> bool:
+    try:
+        raw.decode("windows-1252")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def read_census_population_2020(data_dir=None) -> pd.DataFrame:
+    """Total, male and female population 2020 from INEGI's tabulation (``censo/2020.csv``)."""
+    root = epi_dir(data_dir)
+    table = read_census_tabulation(require_file(root / CENSUS_DIR / "2020.csv", "census tabulation 2020.csv"))
+    table = table.rename(columns={"Total": "total", "Hombres": "hombres", "Mujeres": "mujeres"})
+    _require_columns(table, ["total", "hombres", "mujeres"], "censo/2020.csv")
+    for column in ("total", "hombres", "mujeres"):
+        table[column] = table[column].round().astype("Int64")
+    return _codes_table(table.drop(columns="CVEGEO"), table["CVEGEO"], "censo/2020.csv")
+
+
+def read_census_population_history(data_dir=None) -> pd.DataFrame:
+    """Population by sex in the 1990, 1995, 2000, 2005 and 2010 censuses and counts, long format:
+    ``CVEGEO, year, total, hombres, mujeres`` (``censo/1990-2010.csv``)."""
+    root = epi_dir(data_dir)
+    table = read_census_tabulation(require_file(root / CENSUS_DIR / "1990-2010.csv", "census tabulation 1990-2010.csv"))
+    if "sex" not in table.columns:
+        raise DataError("censo/1990-2010.csv: expected a sex column")
+    year_cols = [c for c in table.columns if str(c).isdigit()]
+    long = table.melt(id_vars=["CVEGEO", "sex"], value_vars=year_cols, var_name="year", value_name="value")
+    wide = long.pivot_table(index=["CVEGEO", "year"], columns="sex", values="value", aggfunc="first").reset_index()
+    wide = wide.rename(columns={"Total": "total", "Hombre": "hombres", "Mujer": "mujeres"})
+    wide["year"] = wide["year"].astype(int)
+    wide.columns.name = None
+    return wide[["CVEGEO", "year", "total", "hombres", "mujeres"]].sort_values(["CVEGEO", "year"]).reset_index(drop=True)
 
 
 def _require_columns(frame: pd.DataFrame, columns, source: str) -> None:

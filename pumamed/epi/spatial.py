@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -69,14 +70,44 @@ def queen_weights(geometry_frame, ids_col: str = "CVEGEO"):
 
 @functools.lru_cache(maxsize=8)
 def _cached_weights(root: str, codes: tuple):
-    from pumamed.epi.geometry import load_municipalities
+    """Queen weights for ``codes``: from memory, else from the disk cache (neighbour lists as
+    JSON, keyed by the geometry file's fingerprint and the codes), else built from the polygons."""
+    import hashlib
+    import json
 
+    from libpysal import weights
+
+    from pumamed.epi.geometry import MUNICIPALITY_RDATA, load_municipalities
+    from pumamed.epi.io import cache_dir, file_fingerprint
+
+    rdata = Path(root) / MUNICIPALITY_RDATA
+    cache_file = None
+    folder = cache_dir()
+    if folder is not None and rdata.exists():
+        key = hashlib.sha256((file_fingerprint(rdata, extra="queen-v1") + "|".join(codes)).encode()).hexdigest()[:24]
+        cache_file = folder / f"queen_{key}.json"
+        if cache_file.exists():
+            try:
+                stored = json.loads(cache_file.read_text())
+                w = weights.W(stored["neighbors"], id_order=list(codes), silence_warnings=True)
+                w.transform = "r"
+                w.n_islands_attached = int(stored["n_islands_attached"])
+                return w
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged cache entry is rebuilt below
     geo = load_municipalities(root)
     missing = sorted(set(codes) - set(geo["CVEGEO"]))
     if missing:
         raise DataError(f"{len(missing)} codes have no municipal polygon, e.g. {', '.join(missing[:5])}")
     sub = geo.set_index("CVEGEO").loc[list(codes)].reset_index()
-    return queen_weights(sub)
+    w = queen_weights(sub)
+    if cache_file is not None:
+        try:
+            neighbors = {str(k): [str(v) for v in vals] for k, vals in w.neighbors.items()}
+            cache_file.write_text(json.dumps({"neighbors": neighbors, "n_islands_attached": w.n_islands_attached}))
+        except OSError:
+            pass
+    return w
 
 
 def municipal_weights(codes, data_dir=None):
@@ -107,20 +138,66 @@ def morans_i(values, w, permutations=999, seed=0) -> MoranResult:
                        int(permutations), int(w.n), int(getattr(w, "n_islands_attached", 0)))
 
 
+def local_moran(values, w, permutations=999, seed=0):
+    """Local Moran's I with conditional-permutation pseudo p-values.
+
+    Same statistic and folded one-sided pseudo p-value as ``esda.Moran_Local``
+    (``I_i = (n-1) z_i lag_i / sum z^2``, quadrant 1 HH, 2 LH, 3 LL, 4 HL), computed in NumPy:
+    esda's numba kernel is compiled anew in every process (close to a minute on a small
+    machine), too slow for an interactive page. As in esda, one set of random neighbour draws
+    is shared by all municipalities, shifted past each municipality's own index so that a
+    unit is never its own random neighbour. Returns (Is, q, p_sim)."""
+    y = _aligned(values, w)
+    n = len(y)
+    z = y - y.mean()
+    m2 = float(z @ z)
+    if m2 == 0:
+        raise DataError("residuals are constant: no local spatial association to measure")
+    sparse = w.sparse.tocsr()
+    lag = sparse @ z
+    Is = (n - 1) * z * lag / m2
+    q = np.where(z >= 0, np.where(lag >= 0, 1, 4), np.where(lag >= 0, 2, 3))
+    if not permutations:
+        return Is, q, np.full(n, np.nan)
+    indptr, weights = sparse.indptr, sparse.data
+    counts = np.diff(indptr)
+    k_max = int(counts.max())
+    rng = np.random.default_rng(seed)
+    # Draws without replacement from the n-1 other units (the k_max smallest of uniform keys).
+    draws = np.argpartition(rng.random((permutations, n - 1)), k_max, axis=1)[:, :k_max] \
+        if k_max < n - 1 else np.argsort(rng.random((permutations, n - 1)), axis=1)
+    scale = (n - 1) / m2
+    p_sim = np.empty(n)
+    for k in np.unique(counts):
+        units = np.flatnonzero(counts == k)
+        if k == 0:
+            p_sim[units] = np.nan
+            continue
+        base = draws[:, :k]
+        chunk = max(1, 4_000_000 // (permutations * k))
+        for start in range(0, len(units), chunk):
+            ii = units[start:start + chunk]
+            idx = base[None, :, :] + (base[None, :, :] >= ii[:, None, None])  # skip the unit itself
+            wts = weights[indptr[ii][:, None] + np.arange(k)[None, :]]  # (G, k)
+            rlag = np.einsum("gpk,gk->gp", z[idx], wts)
+            rI = scale * z[ii][:, None] * rlag
+            larger = np.sum(rI >= Is[ii][:, None], axis=1)
+            larger = np.where(permutations - larger < larger, permutations - larger, larger)
+            p_sim[ii] = (larger + 1) / (permutations + 1)
+    return Is, q, p_sim
+
+
 def lisa_clusters(values, w, permutations=999, significance=0.05, seed=0) -> pd.DataFrame:
     """Local Moran (LISA) per municipality: local I, quadrant, pseudo p-value, cluster label
     (high-high, low-low, high-low, low-high where p < ``significance``, else not significant).
 
     With 2,469 local tests some 5 % are flagged by chance; the table carries the p-values so a
     stricter threshold (e.g. a Bonferroni or FDR one) can be applied."""
-    import esda
-
-    y = _aligned(values, w)
-    lisa = esda.Moran_Local(y, w, permutations=permutations, seed=seed, n_jobs=1)
-    sig = lisa.p_sim < significance
-    quadrant = np.where(sig, lisa.q, 0)
-    return pd.DataFrame({"CVEGEO": list(w.id_order), "local_i": lisa.Is, "quadrant": lisa.q,
-                         "p_value": lisa.p_sim, "cluster": [LISA_LABELS[int(q)] for q in quadrant]})
+    Is, q, p_sim = local_moran(values, w, permutations, seed)
+    sig = p_sim < significance
+    quadrant = np.where(sig, q, 0)
+    return pd.DataFrame({"CVEGEO": list(w.id_order), "local_i": Is, "quadrant": q,
+                         "p_value": p_sim, "cluster": [LISA_LABELS[int(c)] for c in quadrant]})
 
 
 def pearson_residuals(y, mu, family="poisson", dispersion=0.0, trials=None):

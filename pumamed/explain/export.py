@@ -77,7 +77,7 @@ def grid_image(images, row_labels=None, column_labels=None, scale: int = 2, pad:
 def grid_png(images, row_labels=None, column_labels=None, scale: int = 2, title: str | None = None) -> bytes:
     """The grid of :func:`grid_image` encoded as PNG bytes (for ``st.download_button``)."""
     buffer = io.BytesIO()
-    grid_image(images, row_labels, column_labels, scale=scale, title=title).save(buffer, format="PNG", optimize=True)
+    grid_image(images, row_labels, column_labels, scale=scale, title=title).save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()
 
 
@@ -124,4 +124,73 @@ def traversal_gif(frames, duration_ms: int = 120, scale: int = 2, bounce: bool =
     buffer = io.BytesIO()
     pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:],
                      duration=int(duration_ms), loop=int(loop), optimize=False, disposal=1)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- colour panels for the page
+def colour_lut(name: str = "Inferno") -> np.ndarray:
+    """A 256 x 3 uint8 lookup table interpolated from a named plotly colour scale (``gray`` is
+    the identity), so maps on the page and in exports use the same colours as the plots."""
+    if name.lower() in ("gray", "grey"):
+        ramp = np.arange(256, dtype=np.uint8)
+        return np.stack([ramp] * 3, axis=1)
+    from plotly.colors import get_colorscale, hex_to_rgb, unlabel_rgb
+
+    stops = get_colorscale(name)
+    positions = np.array([float(p) for p, _ in stops])
+    colours = np.array([hex_to_rgb(c) if c.startswith("#") else unlabel_rgb(c) for _, c in stops], dtype=float)
+    grid = np.linspace(0.0, 1.0, 256)
+    return np.stack([np.interp(grid, positions, colours[:, k]) for k in range(3)], axis=1).round().astype(np.uint8)
+
+
+def colourize(array, cmap: str = "gray", vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """H x W float array -> H x W x 3 uint8 through ``cmap`` over [vmin, vmax] (clipped)."""
+    array = np.nan_to_num(np.asarray(array, dtype=np.float32), nan=vmin)
+    span = float(vmax) - float(vmin)
+    scaled = (array - float(vmin)) / (span if span > 0 else 1.0)
+    index = (np.clip(scaled, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return colour_lut(cmap)[index]
+
+
+def overlay(image, heat, cmap: str = "Turbo", alpha: float = 0.5, vmin: float | None = None,
+            vmax: float | None = None) -> np.ndarray:
+    """A grey image with a colour map of ``heat`` blended on top (H x W x 3 uint8)."""
+    heat = np.asarray(heat, dtype=np.float32)
+    vmin = float(heat.min()) if vmin is None else vmin
+    vmax = float(heat.max()) if vmax is None else vmax
+    base = colourize(image, "gray").astype(np.float32)
+    top = colourize(heat, cmap, vmin, vmax).astype(np.float32)
+    return (base * (1.0 - alpha) + top * alpha + 0.5).astype(np.uint8)
+
+
+def panel_png(pixels, display: int = 256, colorbar: tuple | None = None) -> bytes:
+    """PNG of an H x W (grey, float in [0, 1]) or H x W x 3 (uint8) panel, upscaled with
+    nearest-neighbour to about ``display`` px. ``colorbar=(cmap, vmin, vmax)`` adds a labelled
+    colour strip underneath so the map can be read without a plotting library."""
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 2:
+        pixels = colourize(pixels, "gray") if pixels.dtype != np.uint8 else np.stack([pixels] * 3, axis=2)
+    height, width = pixels.shape[:2]
+    scale = max(1, int(round(display / max(height, width))))
+    tile = Image.fromarray(pixels, mode="RGB")
+    if scale > 1:
+        tile = tile.resize((width * scale, height * scale), Image.Resampling.NEAREST)
+    if colorbar is not None:
+        cmap, vmin, vmax = colorbar
+        font_size = max(10, tile.width // 18)
+        font = _font(font_size)
+        strip_h = max(6, tile.width // 28)
+        canvas = Image.new("RGB", (tile.width, tile.height + strip_h + font_size + 8), (255, 255, 255))
+        canvas.paste(tile, (0, 0))
+        strip = colour_lut(cmap)[np.linspace(0, 255, tile.width).astype(int)][None].repeat(strip_h, axis=0)
+        canvas.paste(Image.fromarray(strip, mode="RGB"), (0, tile.height + 2))
+        draw = ImageDraw.Draw(canvas)
+        y = tile.height + strip_h + 4
+        low, high = f"{vmin:.3g}", f"{vmax:.3g}"
+        draw.text((1, y), low, fill=(0, 0, 0), font=font)
+        box = draw.textbbox((0, 0), high, font=font)
+        draw.text((tile.width - (box[2] - box[0]) - 2, y), high, fill=(0, 0, 0), font=font)
+        tile = canvas
+    buffer = io.BytesIO()
+    tile.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()

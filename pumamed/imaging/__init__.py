@@ -11,6 +11,7 @@ See docs/imaging_data.md for datasets, splits, aspect-ratio handling, DICOM/NIfT
 """
 
 from pumamed.imaging.dataset import ImagingDataset, clear_image_cache
+from pumamed.imaging.dicom import DicomImage, read_dicom
 from pumamed.imaging.mix import PretrainingMix, balanced_sampler, make_pretraining_mix
 from pumamed.imaging.registry import (
     DATASETS,
@@ -20,8 +21,13 @@ from pumamed.imaging.registry import (
     dataset_splits,
     load_dataset,
 )
+from pumamed.imaging.nifti import NiftiVolume, read_nifti
+from pumamed.imaging.sources import NIH_FINDINGS, mias_lesion_boxes, mias_lesion_mask
+from pumamed.imaging.uploads import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, UploadedImage, read_upload
 
 __all__ = [
-    "DATASETS", "SIZES", "DatasetInfo", "ImagingDataset", "PretrainingMix", "available_datasets",
-    "balanced_sampler", "clear_image_cache", "dataset_splits", "load_dataset", "make_pretraining_mix",
+    "DATASETS", "MAX_UPLOAD_BYTES", "MAX_UPLOAD_PIXELS", "NIH_FINDINGS", "SIZES", "DatasetInfo", "DicomImage",
+    "ImagingDataset", "NiftiVolume", "PretrainingMix", "UploadedImage", "available_datasets", "balanced_sampler",
+    "clear_image_cache", "dataset_splits", "load_dataset", "make_pretraining_mix", "mias_lesion_boxes",
+    "mias_lesion_mask", "read_dicom", "read_nifti", "read_upload",
 ]

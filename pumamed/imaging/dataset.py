@@ -3,7 +3,8 @@
 Decoding is the slow part (JPEG/PNG on 2 CPU cores), so each image is decoded and resized once
 per (dataset files, size) and kept as uint8 in memory, shared by every split and every dataset
 object built on the same files. The first access to a split decodes all of its missing images in
-bulk with a small thread pool (PIL releases the GIL while decoding). Optionally the whole array is
+bulk (with a small thread pool on machines with more than 2 cores: PIL releases the GIL while
+decoding; see :func:`decode_threads`). Optionally the whole array is
 also written to / read from ``cache_dir`` (``$PUMAMED_CACHE_DIR``) as ``.npy``, keyed by a
 fingerprint of the file list, sizes and modification times.
 """
@@ -23,7 +24,23 @@ from torch.utils.data import Dataset
 from pumamed.imaging.sources import SampleTable
 
 CACHE_DIR_ENV = "PUMAMED_CACHE_DIR"
+DECODE_THREADS_ENV = "PUMAMED_DECODE_THREADS"
 CACHE_FORMAT_VERSION = 1
+
+
+def decode_threads() -> int:
+    """Threads used for bulk decoding: ``$PUMAMED_DECODE_THREADS``, else cores - 1 (1..4).
+
+    On a 2-core machine this is 1: measured there, a second decode thread only added GIL
+    hand-over cost while the other core was busy.
+    """
+    try:
+        wanted = int(os.environ.get(DECODE_THREADS_ENV, "0"))
+    except ValueError:
+        wanted = 0
+    if wanted > 0:
+        return wanted
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
 class _ImageStore:
@@ -54,14 +71,17 @@ class _ImageStore:
             todo = indices[~self.decoded[indices]]
             if len(todo) == 0:
                 return
-            if len(todo) == 1:
-                self.images[todo[0]] = self.table.decode(int(todo[0]), self.size)
+            workers = decode_threads()
+            if workers == 1 or len(todo) < 64:
+                for i in todo:
+                    self.images[i] = self.table.decode(int(i), self.size)
             else:
-                workers = max(1, min(4, os.cpu_count() or 1))
+                def decode_chunk(chunk):
+                    for i in chunk:
+                        self.images[i] = self.table.decode(int(i), self.size)
+
                 with ThreadPoolExecutor(workers) as pool:
-                    for i, image in zip(todo, pool.map(lambda j: self.table.decode(int(j), self.size), todo,
-                                                       chunksize=32)):
-                        self.images[i] = image
+                    list(pool.map(decode_chunk, np.array_split(todo, max(workers, len(todo) // 64))))
             self.decoded[todo] = True
             if self.cache_file is not None and self.decoded.all():
                 self._write_cache()
@@ -172,6 +192,22 @@ class ImagingDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.label(i)
+
+    def __getitems__(self, positions):
+        """Batched fetch used by DataLoader: one uint8 -> float conversion for the whole batch."""
+        positions = [p + len(self) if p < 0 else p for p in positions]
+        if any(not 0 <= p < len(self) for p in positions):
+            raise IndexError(f"index out of range for {len(self)} samples")
+        rows = self.indices[positions]
+        if not self._store.decoded[rows].all():
+            in_worker = torch.utils.data.get_worker_info() is not None
+            self._store.ensure(rows if in_worker else self.indices)
+        images = torch.from_numpy(self._store.images[rows]).unsqueeze(1).float().div_(255.0)
+        samples = []
+        for k, p in enumerate(positions):
+            image = images[k] if self.transform is None else self.transform(images[k])
+            samples.append((image, self.label(p)))
+        return samples
 
     def lesion_mask(self, i: int) -> np.ndarray | None:
         """Boolean S x S lesion mask for mini-MIAS samples (None for datasets without annotations)."""

@@ -92,7 +92,7 @@ def square_resize(image: Image.Image, size: int) -> np.ndarray:
             image = image.resize((size, size), RESAMPLE)
     else:
         image = ImageOps.pad(image, (size, size), method=RESAMPLE, color=0, centering=(0.5, 0.5))
-    return np.asarray(image, dtype=np.uint8)
+    return np.array(image, dtype=np.uint8)  # a writable copy (torch.from_numpy needs one)
 
 
 def array_square_resize(array: np.ndarray, size: int) -> np.ndarray:
@@ -112,6 +112,8 @@ def open_image(source, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
         raise InputError(f"image is too large to decode safely ({exc})") from exc
     except Image.DecompressionBombWarning as exc:
         raise InputError(f"image is too large to decode safely ({exc})") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+        raise InputError(f"not a readable image ({exc})") from exc
     width, height = image.size
     if width <= 0 or height <= 0:
         raise InputError("image has zero width or height")

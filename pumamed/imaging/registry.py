@@ -109,6 +109,17 @@ def _detect_reader(path: Path) -> str:
     return "folder"
 
 
+def _shallow_signature(path: Path) -> tuple:
+    """Modification times of ``path`` and the folders up to two levels below it (split and class
+    folders): adding or removing an image changes one of them, so a cached table is re-read."""
+    stamps = [path.stat().st_mtime_ns]
+    if path.is_dir():
+        for child in sorted(p for p in path.iterdir() if p.is_dir()):
+            stamps.append(child.stat().st_mtime_ns)
+            stamps += [g.stat().st_mtime_ns for g in sorted(child.iterdir()) if g.is_dir()]
+    return tuple(stamps)
+
+
 def _read_table(reader: str, path: Path, name: str, modality: str, class_names, task: str | None) -> SampleTable:
     if reader == "medmnist":
         return read_medmnist(path, name=name, modality=modality, class_names=class_names)
@@ -141,8 +152,7 @@ def _sample_table(name_or_path, data_dir, task: str | None, modality: str | None
         path = path.resolve()
         reader, name, class_names = _detect_reader(path), path.stem, None
         modality = modality or "unknown"
-    stat = path.stat()
-    key = (str(path), reader, name, modality, task, stat.st_mtime_ns)
+    key = (str(path), reader, name, modality, task, _shallow_signature(path))
     with _TABLES_LOCK:
         table = _TABLES.get(key)
     if table is None:

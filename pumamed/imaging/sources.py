@@ -18,7 +18,15 @@ import numpy as np
 import pandas as pd
 
 from pumamed.errors import DataError
-from pumamed.imaging.decode import array_square_resize, array_to_uint8, decode_to_square, rgb_to_grey
+from PIL import Image
+
+from pumamed.imaging.decode import (
+    array_square_resize,
+    array_to_uint8,
+    decode_to_square,
+    rgb_to_grey,
+    square_resize,
+)
 from pumamed.imaging.splits import canonical_split
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".ppm", ".pbm"}
@@ -71,7 +79,7 @@ def decode_file(path: str | Path, size: int) -> np.ndarray:
     if path.suffix.lower() in DICOM_SUFFIXES:
         from pumamed.imaging.dicom import read_dicom
 
-        return array_square_resize(read_dicom(path).pixels, size)
+        return square_resize(Image.fromarray(array_to_uint8(read_dicom(path).pixels, 0.0, 1.0)), size)
     return decode_to_square(path, size)
 
 

@@ -1,0 +1,42 @@
+"""``python -m pumamed evaluate``: metrics and cost of a checkpoint on one split of a dataset."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="AUC, accuracy, reconstruction error, parameters, FLOPs and "
+                                               "CPU latency of a checkpoint on a dataset split")
+    p.add_argument("--model", required=True, help="checkpoint folder (e.g. models/brain)")
+    p.add_argument("--dataset", required=True, help="dataset name (e.g. brain_tumor_mri)")
+    p.add_argument("--data-dir", help="data directory (default: $PUMAMED_DATA_DIR or ./data)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--device", help="cpu, cuda, mps (default: automatic)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--latency-repeats", type=int, default=30, help="timed single-image runs for the CPU latency")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    import json
+
+    from pumamed.net.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.model, args.dataset, split=args.split, data_dir=args.data_dir,
+                                 device=args.device, batch_size=args.batch_size,
+                                 latency_repeats=args.latency_repeats)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    auc = result.get("auc") or {}
+    print(f"{result['model']} on {result['dataset']} [{result['split']}], n = {result['n']}")
+    if auc:
+        print(f"  macro AUC {auc['macro']:.4f}  accuracy {result['accuracy']:.4f}  "
+              f"balanced accuracy {result['balanced_accuracy']:.4f}")
+        for name, value in (auc.get("per_class") or {}).items():
+            print(f"    {name:24} AUC {value:.4f}" if value is not None else f"    {name:24} AUC n/a")
+    if result.get("reconstruction_error") is not None:
+        print(f"  reconstruction MSE {result['reconstruction_error']:.5f}")
+    print(f"  {result['cost_of']}: {result['parameters']:,} parameters, {result['flops'] / 1e6:.1f} MFLOPs, "
+          f"{result['cpu_latency_ms']:.2f} ms per image on CPU ({result['cpu_threads']} threads)")
+    return 0

@@ -1,0 +1,86 @@
+"""``python -m pumamed train``: pretrain, transfer or fine-tune PumaMedNet, or train the ResNet-18
+baseline, on datasets of the data directory. Multi-GPU: ``torchrun --nproc_per_node N -m pumamed
+train ...`` (DDP; --batch-size is per process)."""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train PumaMedNet (pretraining on a mix, transfer, fine-tuning) or the ResNet-18 baseline",
+        description="Train PumaMedNet or the ResNet-18 baseline. Several datasets (comma-separated) pretrain "
+                    "on their mix; one dataset with --init transfers a pretrained model to it.")
+    p.add_argument("--dataset", required=True, help="dataset name(s), comma-separated (e.g. brain_tumor_mri)")
+    p.add_argument("--data-dir", help="data directory (default: $PUMAMED_DATA_DIR or ./data)")
+    p.add_argument("--arch", choices=["pumamednet", "resnet18"], default="pumamednet")
+    p.add_argument("--size", type=int, default=64, help="image size in pixels (64, 128, 256)")
+    p.add_argument("--latent", type=int, default=32, help="latent dimensions")
+    p.add_argument("--widths", default="16,32,64,128",
+                   help="encoder widths, one per halving of the image (default 16,32,64,128)")
+    p.add_argument("--weight-map", choices=["learned", "error", "none"], default="learned",
+                   help="per-pixel weights of the reconstruction loss")
+    p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
+    p.add_argument("--kl-warmup", type=float, default=0.3, help="fraction of training over which beta rises from 0")
+    p.add_argument("--capacity", type=float, default=0.0, help="KL capacity annealing target in nats (0: off)")
+    p.add_argument("--aux-weight", type=float, default=10.0, help="weight of the auxiliary label heads on a mix")
+    p.add_argument("--cls-weight", type=float, default=50.0, help="weight of the classifier loss")
+    p.add_argument("--classifier-hidden", type=int, default=0, help="hidden units of an MLP head (0: linear)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64, help="per process")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 on CPU, 8 on GPU)")
+    p.add_argument("--no-augment", action="store_true", help="no geometric augmentation")
+    p.add_argument("--no-denoise", action="store_true", help="no input corruption")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format on CUDA")
+    p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap on steps per epoch (quick runs)")
+    p.add_argument("--init", help="checkpoint folder of a pretrained PumaMedNet to transfer from")
+    p.add_argument("--out", help="output checkpoint folder (default: runs/<datasets>_<arch>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--keep-state", action="store_true", help="keep the resume state after the run finishes")
+    p.add_argument("--no-test", action="store_true", help="do not report the test split at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args) -> int:
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from pumamed.errors import InputError
+    from pumamed.net.pipeline import RunSpec, run
+    from pumamed.net.train import TrainConfig, is_main_process
+
+    names = [n.strip() for n in args.dataset.split(",") if n.strip()]
+    try:
+        widths = tuple(int(w) for w in args.widths.split(","))
+    except ValueError as exc:
+        raise InputError(f"--widths must be comma-separated integers, got {args.widths!r}") from exc
+    if args.epochs < 1:
+        raise InputError("--epochs must be at least 1")
+    workers = args.workers if args.workers is not None else (8 if torch.cuda.is_available() else 0)
+    train_cfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, beta=args.beta,
+        kl_warmup=args.kl_warmup, capacity=args.capacity, aux_weight=args.aux_weight, cls_weight=args.cls_weight,
+        augment=not args.no_augment, denoise=not args.no_denoise, seed=args.seed, num_workers=workers,
+        channels_last=args.channels_last, max_steps_per_epoch=args.max_steps_per_epoch,
+        keep_resume_state=args.keep_state, progress=not args.quiet)
+    out = Path(args.out) if args.out else Path("runs") / f"{'+'.join(names)}_{args.arch}"
+    spec = RunSpec(datasets=names, out=out, arch=args.arch, size=args.size, latent=args.latent, widths=widths,
+                   weight_map=args.weight_map, classifier_hidden=args.classifier_hidden,
+                   init=Path(args.init) if args.init else None, resume=args.resume, data_dir=args.data_dir,
+                   report_test=not args.no_test, train=train_cfg)
+    metrics = run(spec)
+    if is_main_process():
+        summary = {"out": str(out), "best_epoch": metrics.get("best_epoch"),
+                   "val_auc": ((metrics.get("val") or {}).get("auc") or {}).get("macro"),
+                   "test_auc": ((metrics.get("test") or {}).get("auc") or {}).get("macro"),
+                   "train_seconds": metrics.get("train_seconds")}
+        if metrics.get("transfer"):
+            summary["transfer"] = {k: {s: ((v.get(s) or {}).get("auc") or {}).get("macro") for s in ("val", "test")}
+                                   for k, v in metrics["transfer"].items()}
+        print(json.dumps(summary))
+    return 0

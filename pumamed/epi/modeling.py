@@ -1,0 +1,565 @@
+"""The diabetes-models pipeline in one call, shared by the page, the CLI and the benchmark.
+
+``run_models(ModelSpec(...))`` resolves the outcome (a count outcome of the municipal panel with
+population as exposure, a severity proportion with its denominator, the simulated outcome with
+planted effects, or a user's table), assembles the design (covariates of the panel's
+cross-section, skewed ones log-transformed, rows with missing values dropped and counted), and
+runs:
+
+1. the penalised GLM (Poisson / negative binomial with a log-population offset, or binomial for
+   severity): coefficient path, K-fold cross-validated deviance, penalty by the 1-SE (or
+   minimum) rule, adaptive lasso by default;
+2. the unpenalised refit of the selected covariates (ratios per SD with Wald intervals, with the
+   post-selection caveat), VIFs, stability selection over bootstrap resamples;
+3. LightGBM with the offset, on the same folds: held-out deviance against the penalised model and
+   the rate-only model, partial dependence + ICE, ALE and SHAP values for the top covariates;
+4. Moran's I of the residuals (queen contiguity) and LISA clusters.
+
+Everything returned is plain data (DataFrames, floats, fitted estimators) so results pickle for
+Streamlit's cache and serialise to JSON for the CLI.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pumamed.errors import DataError, InputError
+
+SIMULATED = "simulated"
+COUNT_FAMILIES = ("negbin", "poisson")
+# A sensible default design: the nine CONAPO 2020 indicators, CONEVAL deprivations that are not
+# sums of each other, income, schooling, demography and density. Composite indices and shares
+# that add up to 100 % are left out (exact collinearity).
+DEFAULT_COVARIATES = (
+    "ses_illiteracy_pct", "ses_no_basic_education_pct", "ses_no_drainage_pct", "ses_no_electricity_pct",
+    "ses_no_piped_water_pct", "ses_dirt_floor_pct", "ses_overcrowding_pct", "ses_small_localities_pct",
+    "ses_low_wage_pct", "ses_poverty_pct", "ses_no_health_access_pct", "ses_no_social_security_pct",
+    "ses_no_food_access_pct", "ses_income_per_capita_usd", "ses_mean_schooling_years",
+    "population_density_km2", "age_median", "indigenous_language_pct", "altitude_m",
+)
+MIN_ROWS = 30
+SKEW_THRESHOLD = 2.0
+
+COUNT_DEVIANCE_NOTE = ("Held-out deviance is the Poisson deviance per municipality on the same folds for every "
+                       "model (for the negative binomial the predicted means are scored as Poisson), so the "
+                       "columns are comparable; lower is better.")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to model. Hashable, so it can key caches.
+
+    outcome: a count column of the panel, ``"simulated"``, or ``"table"`` (then ``table_bytes``
+    or ``table_path`` with ``count_col`` and optionally ``population_col``).
+    severity_denominator: a count column (or table column) turning the model into a binomial
+    model of ``outcome / denominator``.
+    """
+
+    outcome: str = SIMULATED
+    covariates: tuple[str, ...] | None = None
+    family: str = "negbin"
+    year: int | None = None
+    severity_denominator: str | None = None
+    l1_ratio: float = 1.0
+    adaptive: bool = True
+    rule: str = "1se"
+    n_folds: int = 5
+    n_lambdas: int = 40
+    n_resamples: int = 50
+    resampling: str = "bootstrap"
+    log_skewed: bool = True
+    run_boosting: bool = True
+    run_spatial: bool = True
+    top_features: int = 4
+    permutations: int = 999
+    seed: int = 0
+    # user table
+    table_path: str | None = None
+    table_bytes: bytes | None = field(default=None, repr=False)
+    table_name: str = "table"
+    count_col: str = "count"
+    population_col: str | None = None
+    code_col: str = "CVEGEO"
+    year_col: str | None = None
+    # simulation (ratios per SD; empty = three effects drawn at random)
+    sim_effects: tuple[tuple[str, float], ...] = ()
+    sim_n_planted: int = 3
+    sim_baseline_rate: float = 1e-3
+    sim_dispersion: float = 0.1
+    sim_severity_effects: tuple[tuple[str, float], ...] = ()
+    sim_severity_baseline: float = 0.15
+    sim_seed: int = 0
+    data_dir: str | None = None
+
+
+@dataclass
+class ModelResult:
+    spec: ModelSpec
+    outcome_label: str
+    family: str
+    data: pd.DataFrame  # CVEGEO, y, exposure (or trials), covariates as modelled
+    covariates: list[str]
+    transformed: dict  # covariate -> transform applied ("log1p")
+    notes: list[str]
+    n_dropped: int
+    cv: object  # PenalizedGLMCV
+    path: pd.DataFrame
+    cv_curve: pd.DataFrame
+    selected: list[str]
+    ratio_table: pd.DataFrame
+    ratio_name: str  # "IRR" or "OR"
+    caveat: str
+    vif: pd.DataFrame
+    stability: pd.DataFrame
+    refit: object | None = None
+    boosting: object | None = None
+    importance: pd.DataFrame | None = None
+    deviance: pd.DataFrame | None = None
+    pdp: pd.DataFrame | None = None
+    ale: pd.DataFrame | None = None
+    shap: pd.DataFrame | None = None
+    shap_expected: float | None = None
+    residuals: pd.DataFrame | None = None
+    moran: dict | None = None
+    moran_boosting: dict | None = None
+    lisa: pd.DataFrame | None = None
+    truth: pd.DataFrame | None = None
+    recovery: pd.DataFrame | None = None
+    timings: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (what the CLI prints)."""
+        def records(frame):
+            return None if frame is None else frame.replace({np.inf: None, -np.inf: None}).to_dict(orient="records")
+
+        spec = {k: v for k, v in asdict(self.spec).items() if k != "table_bytes"}
+        out = {
+            "outcome": self.outcome_label, "family": self.family, "n_municipalities": int(len(self.data)),
+            "n_dropped": int(self.n_dropped), "covariates": self.covariates, "transformed": self.transformed,
+            "notes": self.notes, "spec": spec,
+            "penalty": {"rule": self.spec.rule, "lambda_chosen": self.cv.alpha_, "lambda_min": self.cv.lambda_min_,
+                        "lambda_1se": self.cv.lambda_1se_, "l1_ratio": self.spec.l1_ratio,
+                        "adaptive": self.spec.adaptive, "dispersion": self.cv.dispersion_},
+            "cv_deviance": {"chosen": float(self.cv.cv_mean_[self.cv.chosen_index_]),
+                            "chosen_se": float(self.cv.cv_se_[self.cv.chosen_index_]),
+                            "minimum": float(self.cv.cv_mean_.min()), "n_folds": self.spec.n_folds},
+            "selected": self.selected, "ratio": self.ratio_name,
+            "selected_table": records(self.ratio_table), "caveat": self.caveat,
+            "vif": records(self.vif), "stability": records(self.stability),
+            "deviance_comparison": records(self.deviance),
+            "boosting_importance": records(self.importance),
+            "moran_residuals": self.moran, "moran_boosting_residuals": self.moran_boosting,
+            "lisa_counts": None if self.lisa is None else self.lisa["cluster"].value_counts().to_dict(),
+            "truth_recovery": records(self.recovery), "timings_s": self.timings,
+        }
+        return out
+
+
+# ---------------------------------------------------------------- outcome catalogue
+def count_outcomes(catalog: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Count outcomes of the panel: name, label, unit, year (from the variable catalogue)."""
+    from pumamed.epi.panel import variable_catalog
+
+    catalog = variable_catalog() if catalog is None else catalog
+    rows = catalog[(catalog["group"] == "outcome") & (catalog["kind"] == "count")]
+    return rows[["name", "label", "unit", "source", "year"]].reset_index(drop=True)
+
+
+def candidate_covariates(catalog: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Numeric socioeconomic, population, geography and pollutant columns usable as covariates."""
+    from pumamed.epi.panel import variable_catalog
+
+    catalog = variable_catalog() if catalog is None else catalog
+    keep = catalog["group"].isin(["socioeconomic", "pollutant", "population", "geography"]) & \
+        catalog["kind"].isin(["continuous", "share"])
+    drop = {"population", "centroid_lon", "centroid_lat"}
+    rows = catalog[keep & ~catalog["name"].isin(drop)]
+    return rows[["name", "group", "label", "unit", "source", "year"]].reset_index(drop=True)
+
+
+# (numerator, denominator, label): severity proportions among the panel's counts, defined as the
+# outcome readers define their shares (ICU and intubation among the hospitalised, deaths among
+# all diabetic patients).
+SEVERITY_PAIRS = (
+    ("covid_diabetic_hospitalized", "covid_diabetic_patients", "Hospitalised among diabetic COVID-19 patients"),
+    ("covid_diabetic_icu", "covid_diabetic_hospitalized", "ICU among hospitalised diabetic COVID-19 patients"),
+    ("covid_diabetic_intubated", "covid_diabetic_hospitalized", "Intubated among hospitalised diabetic COVID-19 patients"),
+    ("covid_diabetic_deaths", "covid_diabetic_patients", "Deaths among diabetic COVID-19 patients"),
+    ("covid_diabetic_deaths", "covid_diabetic_hospitalized", "Deaths among hospitalised diabetic COVID-19 patients"),
+    ("diabetes_deaths", "deaths_all_causes_records", "Diabetes deaths among all deaths (Sonora)"),
+    ("diabetes_discharge_deaths", "diabetes_discharges", "In-hospital deaths among diabetes discharges"),
+)
+
+
+def severity_pairs(catalog: pd.DataFrame | None = None) -> list[tuple[str, str, str]]:
+    """(numerator, denominator, label) severity proportions whose counts are in the panel."""
+    names = set(count_outcomes(catalog)["name"])
+    return [(a, b, label) for a, b, label in SEVERITY_PAIRS if a in names and b in names]
+
+
+# ---------------------------------------------------------------- design
+def _cross_section(data_dir, outcome_cols, year):
+    from pumamed.epi.panel import load_panel
+
+    panel = load_panel(data_dir)
+    if year is None:
+        if outcome_cols:
+            with_data = panel.dropna(subset=outcome_cols).groupby("year").size()
+            if with_data.empty:
+                raise DataError(f"the panel has no values of {', '.join(outcome_cols)} in any year")
+            year = int(with_data.idxmax())
+        else:
+            year = 2020
+    section = panel[panel["year"] == int(year)].reset_index(drop=True)
+    if section.empty:
+        raise DataError(f"the panel has no rows for {year}")
+    return section, int(year)
+
+
+def _read_user_table(spec: ModelSpec) -> pd.DataFrame:
+    try:
+        from pumamed.epi.outcomes import read_outcome_table
+    except ImportError as exc:  # pragma: no cover - the data layer ships it
+        raise DataError("reading outcome tables needs pumamed.epi.outcomes") from exc
+    source = io.BytesIO(spec.table_bytes) if spec.table_bytes is not None else spec.table_path
+    if source is None:
+        raise InputError("a table outcome needs a CSV file")
+    table = read_outcome_table(source, count_col=spec.count_col, code_col=spec.code_col,
+                               population_col=spec.population_col, year_col=spec.year_col)
+    if spec.year_col and table["year"].nunique() > 1:
+        year = spec.year or int(table["year"].max())
+        table = table[table["year"] == year]
+        if table.empty:
+            raise DataError(f"the outcome table has no rows for {year}")
+    if table["CVEGEO"].duplicated().any():
+        raise DataError("the outcome table has several rows per municipality; keep one year")
+    return table
+
+
+def _resolve_covariates(spec: ModelSpec, section: pd.DataFrame) -> list[str]:
+    covariates = list(spec.covariates) if spec.covariates else [c for c in DEFAULT_COVARIATES if c in section.columns]
+    unknown = [c for c in covariates if c not in section.columns]
+    if unknown:
+        raise DataError(f"unknown covariates: {', '.join(unknown)}")
+    not_numeric = [c for c in covariates if not pd.api.types.is_numeric_dtype(section[c])]
+    if not_numeric:
+        raise DataError(f"covariates must be numeric: {', '.join(not_numeric)}")
+    if not covariates:
+        raise DataError("choose at least one covariate")
+    return list(dict.fromkeys(covariates))
+
+
+def _log_skewed(X: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """log1p for non-negative covariates whose skewness exceeds :data:`SKEW_THRESHOLD` (density,
+    income, altitude ...), so one metropolis does not set the slope of a linear predictor."""
+    out = X.copy()
+    done = {}
+    for col in X.columns:
+        values = X[col].to_numpy(float)
+        finite = values[np.isfinite(values)]
+        if len(finite) > 2 and finite.min() >= 0 and pd.Series(finite).skew() > SKEW_THRESHOLD:
+            out[col] = np.log1p(values)
+            done[col] = "log1p"
+    return out, done
+
+
+@dataclass
+class Design:
+    frame: pd.DataFrame  # CVEGEO + y + exposure/trials + covariates (complete rows)
+    covariates: list[str]
+    family: str
+    outcome_label: str
+    transformed: dict
+    notes: list[str]
+    n_dropped: int
+    truth: pd.DataFrame | None = None
+    exposure_col: str | None = "population"
+    trials_col: str | None = None
+
+
+def build_design(spec: ModelSpec) -> Design:
+    """Resolve outcome and covariates into complete rows (see module doc)."""
+    from pumamed.epi import simulate
+
+    notes: list[str] = []
+    severity = spec.severity_denominator is not None
+    family = "binomial" if severity else spec.family
+    if family not in COUNT_FAMILIES + ("binomial",):
+        raise InputError(f"family must be one of {', '.join(COUNT_FAMILIES)}; got {spec.family!r}")
+
+    truth = None
+    if spec.outcome == SIMULATED:
+        section, year = _cross_section(spec.data_dir, [], spec.year or 2020)
+        covariates = _resolve_covariates(spec, section)
+        base = section[["CVEGEO", "population"] + covariates]
+        complete = base.dropna()
+        complete = complete[complete["population"] > 0]
+        n_dropped = len(base) - len(complete)
+        X, transformed = _log_skewed(complete[covariates]) if spec.log_skewed else (complete[covariates], {})
+        effects = dict(spec.sim_effects) or simulate.default_effects(covariates, spec.sim_n_planted, spec.sim_seed)
+        sim = simulate.simulate_outcome(
+            X, complete["population"], effects=effects, baseline_rate=spec.sim_baseline_rate,
+            dispersion=spec.sim_dispersion, severity_effects=dict(spec.sim_severity_effects),
+            severity_baseline=spec.sim_severity_baseline, codes=complete["CVEGEO"], seed=spec.sim_seed)
+        frame = pd.DataFrame({"CVEGEO": complete["CVEGEO"].to_numpy()})
+        if severity:
+            frame["y"] = sim.data[simulate.SEVERE_COLUMN].to_numpy()
+            frame["trials"] = sim.data[simulate.COUNT_COLUMN].to_numpy()
+            label = "Simulated severity (severe among simulated cases)"
+        else:
+            frame["y"] = sim.data[simulate.COUNT_COLUMN].to_numpy()
+            label = "Simulated count (planted effects)"
+        frame["population"] = complete["population"].to_numpy(float)
+        for c in covariates:
+            frame[c] = X[c].to_numpy(float)
+        truth = sim.truth
+        notes.append(f"simulated from the real {year} covariates: planted IRRs per SD "
+                     + ", ".join(f"{k} {v:.3g}" for k, v in effects.items())
+                     + f"; dispersion {spec.sim_dispersion:g}; baseline rate {spec.sim_baseline_rate:g}")
+    else:
+        if spec.outcome == "table":
+            table = _read_user_table(spec)
+            section, year = _cross_section(spec.data_dir, [], spec.year or 2020)
+            covariates = _resolve_covariates(spec, section)
+            table = table[["CVEGEO", "count"] + (["population"] if "population" in table.columns else [])]
+            table = table.rename(columns={"count": "table_count", "population": "table_population"})
+            merged = table.merge(section[["CVEGEO", "population"] + covariates], on="CVEGEO", how="left",
+                                 indicator=True)
+            unmatched = merged["_merge"] == "left_only"
+            if unmatched.all():
+                raise DataError("no code of the table matches a municipality of the panel (CVEGEO, 5 digits)")
+            if unmatched.any():
+                notes.append(f"{int(unmatched.sum())} table rows have codes outside the 2,469 municipalities, "
+                             f"e.g. {', '.join(merged.loc[unmatched, 'CVEGEO'].head(3))}")
+            merged = merged[~unmatched]
+            if "table_population" in merged.columns:
+                merged["population"] = merged["table_population"]  # the table's own exposure wins
+            else:
+                notes.append("exposure: census 2020 population of each municipality")
+            y_col = "table_count"
+            label = f"{spec.table_name}: {spec.count_col}"
+        else:
+            catalog_counts = count_outcomes()
+            if spec.outcome not in set(catalog_counts["name"]):
+                raise DataError(f"unknown count outcome {spec.outcome!r}; choose one of "
+                                f"{', '.join(catalog_counts['name']) or '(none in the panel)'}, 'simulated' or a CSV")
+            cols = [spec.outcome] + ([spec.severity_denominator] if severity else [])
+            section, year = _cross_section(spec.data_dir, cols, spec.year)
+            covariates = _resolve_covariates(spec, section)
+            merged = section
+            y_col = spec.outcome
+            label = catalog_counts.set_index("name").loc[spec.outcome, "label"] + f" ({year})"
+        needed = ["CVEGEO", y_col] + covariates
+        if severity:
+            if spec.severity_denominator not in merged.columns:
+                raise DataError(f"denominator column {spec.severity_denominator!r} not found")
+            needed.append(spec.severity_denominator)
+            label = f"{label} / {spec.severity_denominator}"
+        else:
+            needed.append("population")
+        base = merged[list(dict.fromkeys(needed))].copy()
+        n_outcome = int(base[y_col].notna().sum())
+        complete = base.dropna()
+        if severity:
+            zero = complete[spec.severity_denominator] <= 0
+            if zero.any():
+                notes.append(f"{int(zero.sum())} municipalities with a zero denominator left out")
+            complete = complete[~zero]
+        else:
+            complete = complete[complete["population"] > 0]
+        n_dropped = len(base) - len(complete)
+        if n_outcome < len(base):
+            notes.append(f"{len(base) - n_outcome} municipalities have no value of the outcome "
+                         "(outside the source's coverage)")
+        lost_cov = n_outcome - len(complete)
+        if lost_cov > 0:
+            missing_by = base.loc[base[y_col].notna(), covariates].isna().sum()
+            worst = missing_by[missing_by > 0].sort_values(ascending=False).head(4)
+            notes.append(f"{lost_cov} municipalities with the outcome dropped for missing covariates"
+                         + (" (most missing: " + ", ".join(f"{k} {v}" for k, v in worst.items()) + ")"
+                            if len(worst) else ""))
+        X, transformed = _log_skewed(complete[covariates]) if spec.log_skewed else (complete[covariates], {})
+        frame = pd.DataFrame({"CVEGEO": complete["CVEGEO"].to_numpy(), "y": complete[y_col].to_numpy(float)})
+        if severity:
+            frame["trials"] = complete[spec.severity_denominator].to_numpy(float)
+        else:
+            frame["population"] = complete["population"].to_numpy(float)
+        for c in covariates:
+            frame[c] = X[c].to_numpy(float)
+        if np.any(frame["y"] != np.round(frame["y"])):
+            raise DataError("the outcome must hold whole counts (events), not rates or percentages")
+    if transformed:
+        notes.append("log1p applied to skewed covariates: " + ", ".join(transformed))
+    if len(frame) < MIN_ROWS:
+        raise DataError(f"only {len(frame)} municipalities have the outcome and every covariate; at least "
+                        f"{MIN_ROWS} are needed (choose fewer covariates or another outcome)")
+    if frame["y"].sum() == 0:
+        raise DataError("the outcome is zero in every municipality: nothing to model")
+    return Design(frame.reset_index(drop=True), covariates, family, label, transformed, notes, int(n_dropped),
+                  truth, None if severity else "population", "trials" if severity else None)
+
+
+# ---------------------------------------------------------------- the pipeline
+def run_models(spec: ModelSpec, weights=None) -> ModelResult:
+    """Run the whole pipeline for ``spec`` (see module doc). ``weights``: precomputed spatial
+    weights for the design's municipalities (the page and the benchmark cache them)."""
+    from threadpoolctl import threadpool_limits
+
+    # Small matrices throughout: one BLAS thread is fastest (see penalized.single_thread_blas).
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _run_models(spec, weights)
+
+
+def _run_models(spec: ModelSpec, weights=None) -> ModelResult:
+    from pumamed.epi import boosting as boost
+    from pumamed.epi import penalized as pen
+
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name):
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 4)
+        clock = now
+
+    design = build_design(spec)
+    lap("design")
+    frame, covs, family = design.frame, design.covariates, design.family
+    X = frame[covs]
+    y = frame["y"].to_numpy(float)
+    exposure = frame["population"].to_numpy(float) if design.exposure_col else None
+    trials = frame["trials"].to_numpy(float) if design.trials_col else None
+    pen.check_design(X, y, exposure=exposure, trials=trials, family=family)
+
+    folds = pen.make_folds(len(frame), spec.n_folds, spec.seed)
+    cv = pen.PenalizedGLMCV(family=family, l1_ratio=spec.l1_ratio, n_lambdas=spec.n_lambdas, n_folds=spec.n_folds,
+                            rule=spec.rule, adaptive=spec.adaptive, random_state=spec.seed)
+    cv.fit(X, y, exposure=exposure, trials=trials, folds=folds)
+    lap("penalised_path_cv")
+    ratio_table, refit = pen.refit_table(X, y, cv.selected_, exposure=exposure, trials=trials, family=family)
+    ratio_name = "OR" if family == "binomial" else "IRR"
+    if len(ratio_table):
+        chosen = dict(zip(covs, cv.coef_))
+        ratio_table.insert(1, "penalised_ratio_per_sd", [float(np.exp(chosen[v])) for v in ratio_table["variable"]])
+    lap("refit")
+    vif = pen.variance_inflation(X).rename_axis("variable").reset_index()
+    vif["selected"] = vif["variable"].isin(cv.selected_)
+    lap("vif")
+    stability = pen.stability_selection(X, y, exposure=exposure, trials=trials, family=family, l1_ratio=spec.l1_ratio,
+                                        alpha=cv.alpha_, n_resamples=spec.n_resamples, method=spec.resampling,
+                                        dispersion=cv.dispersion_, random_state=spec.seed,
+                                        warm_start=(cv.intercept_, cv.coef_), penalty_factor=cv.penalty_factor_)
+    stability = stability.rename_axis("variable").reset_index()
+    stability["selected"] = stability["variable"].isin(cv.selected_)
+    stability = stability.sort_values("selection_frequency", ascending=False).reset_index(drop=True)
+    if len(ratio_table):
+        stab_lookup = stability.set_index("variable")["selection_frequency"]
+        ratio_table["selection_frequency"] = ratio_table["variable"].map(stab_lookup).to_numpy()
+    lap("stability")
+
+    # Fitted means for residuals: the unpenalised refit (or the rate-only model if nothing was kept).
+    if refit is not None:
+        fitted = refit.predict(X[cv.selected_], exposure=exposure)
+        dispersion = refit.dispersion_
+    else:
+        fitted = (np.full(len(y), y.sum() / trials.sum()) if family == "binomial"
+                  else exposure * y.sum() / exposure.sum())
+        dispersion = cv.dispersion_
+    result = ModelResult(
+        spec=spec, outcome_label=design.outcome_label, family=family, data=frame, covariates=covs,
+        transformed=design.transformed, notes=design.notes, n_dropped=design.n_dropped, cv=cv,
+        path=cv.path_.to_frame(), cv_curve=cv.cv_frame(), selected=list(cv.selected_), ratio_table=ratio_table,
+        ratio_name=ratio_name, caveat=pen.POST_SELECTION_CAVEAT, vif=vif, stability=stability, refit=refit,
+        truth=design.truth, timings=timings,
+    )
+    if design.truth is not None:
+        result.recovery = _recovery(design.truth, ratio_table, covs, family)
+
+    boost_fitted = None
+    if spec.run_boosting:
+        boost_family = "binomial" if family == "binomial" else "poisson"
+        booster = boost.OffsetBoosting(family=boost_family, random_state=spec.seed)
+        booster.fit(X, y, exposure=exposure, trials=trials)
+        boost_fitted = booster.predict(X, exposure=exposure if family != "binomial" else None)
+        lap("boosting_fit")
+        # The folds reuse the number of trees chosen by early stopping on the full data (one probe
+        # instead of five); a mild optimism in the boosting column, stated in the docs.
+        fold_model = boost.OffsetBoosting(family=boost_family, random_state=spec.seed,
+                                          n_estimators=booster.n_trees_, early_stopping_rounds=0)
+        held_out = boost.cross_validated_predictions(fold_model, X, y, folds, exposure=exposure, trials=trials)
+        lap("boosting_cv")
+        preds = {"null (overall rate)": boost.null_predictions(y, folds, exposure=exposure, trials=trials),
+                 f"penalised {family} GLM": cv.fold_predictions_, "LightGBM (offset)": held_out}
+        result.deviance = boost.deviance_table(y, folds, preds, family=family, trials=trials)
+        shap_frame, expected = boost.shap_values(booster, X)
+        shap_frame.index = frame["CVEGEO"].to_numpy()
+        lap("shap")
+        importance = pd.DataFrame({"variable": covs, "gain": booster.feature_importances_,
+                                   "mean_abs_shap": shap_frame.abs().mean().to_numpy()})
+        importance["gain_share"] = importance["gain"] / max(importance["gain"].sum(), 1e-12)
+        importance = importance.sort_values("mean_abs_shap", ascending=False).reset_index(drop=True)
+        top = importance["variable"].head(spec.top_features).tolist()
+        Xi = X.set_axis(frame["CVEGEO"].to_numpy(), axis=0)
+        result.pdp = boost.partial_dependence(booster, Xi, top, random_state=spec.seed)
+        result.ale = pd.concat([boost.accumulated_local_effects(booster, Xi, f) for f in top], ignore_index=True)
+        lap("pdp_ale")
+        result.boosting, result.importance = booster, importance
+        result.shap, result.shap_expected = shap_frame, expected
+
+    if spec.run_spatial:
+        from pumamed.epi import spatial
+
+        if weights is None:
+            weights = spatial.municipal_weights(frame["CVEGEO"].tolist(), spec.data_dir)
+        lap("weights")
+        resid = spatial.pearson_residuals(y, fitted, family, dispersion, trials)
+        residuals = pd.DataFrame({"CVEGEO": frame["CVEGEO"], "observed": y, "fitted_glm": fitted,
+                                  "pearson_glm": resid})
+        result.moran = spatial.morans_i(resid, weights, spec.permutations, spec.seed).to_dict()
+        if boost_fitted is not None:
+            resid_b = spatial.pearson_residuals(y, boost_fitted, "binomial" if family == "binomial" else "poisson",
+                                                0.0, trials)
+            residuals["fitted_boosting"] = boost_fitted
+            residuals["pearson_boosting"] = resid_b
+            result.moran_boosting = spatial.morans_i(resid_b, weights, spec.permutations, spec.seed).to_dict()
+        result.lisa = spatial.lisa_clusters(resid, weights, spec.permutations, seed=spec.seed)
+        result.residuals = residuals
+        lap("spatial")
+    result.timings["total"] = round(sum(v for k, v in result.timings.items() if k != "total"), 4)
+    return result
+
+
+def _recovery(truth: pd.DataFrame, ratio_table: pd.DataFrame, covariates, family) -> pd.DataFrame:
+    """Planted versus estimated ratios per SD, and whether each covariate was selected."""
+    col_true = "severity_or_per_sd" if family == "binomial" else "irr_per_sd"
+    col_planted = "severity_planted" if family == "binomial" else "planted"
+    est = ratio_table.set_index("variable") if len(ratio_table) else pd.DataFrame(columns=["ratio_per_sd"])
+    rows = []
+    for row in truth.itertuples(index=False):
+        d = row._asdict()
+        selected = d["variable"] in est.index
+        estimate = float(est.loc[d["variable"], "ratio_per_sd"]) if selected else 1.0
+        rows.append({"variable": d["variable"], "planted": bool(d[col_planted]), "true_ratio": float(d[col_true]),
+                     "selected": selected, "estimated_ratio": estimate,
+                     "relative_error": abs(estimate - d[col_true]) / d[col_true]})
+    out = pd.DataFrame(rows)
+    out["outcome"] = np.select([out["planted"] & out["selected"], out["planted"] & ~out["selected"],
+                                ~out["planted"] & out["selected"]],
+                               ["found", "missed", "false positive"], "correctly left out")
+    return out.sort_values(["planted", "true_ratio"], ascending=[False, False]).reset_index(drop=True)
+
+
+def result_json(result: ModelResult) -> dict:
+    return result.to_dict()
+
+
+def user_table_spec(path: str | Path, **kwargs) -> ModelSpec:
+    """A :class:`ModelSpec` for a user's CSV at ``path``."""
+    return ModelSpec(outcome="table", table_path=str(path), table_name=Path(path).name, **kwargs)

@@ -1,0 +1,103 @@
+"""Model cards (model_card.md) written beside every checkpoint."""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+
+def _fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _licences(names) -> list[str]:
+    try:
+        from pumamed.imaging import DATASETS
+    except ImportError:  # pragma: no cover
+        return []
+    lines = []
+    for name in names:
+        info = DATASETS.get(name)
+        if info is None:
+            lines.append(f"- `{name}`: user-supplied data; licence as stated by its owner")
+            continue
+        lines.append(f"- `{name}` ({info.title}): {info.licence or 'see the dataset SOURCE.txt'}"
+                     + (f". {info.citation}" if info.citation else ""))
+    return lines
+
+
+def _split_rules(names) -> list[str]:
+    try:
+        from pumamed.imaging import DATASETS
+    except ImportError:  # pragma: no cover
+        return []
+    return [f"- `{n}`: test = {DATASETS[n].test_split}" for n in names if n in DATASETS]
+
+
+def make_card(config: dict, metrics: dict) -> str:
+    arch = config.get("arch", "pumamednet")
+    model = config.get("model", {})
+    data = config.get("data", {})
+    training = config.get("training", {})
+    names = data.get("datasets", [])
+    title = "PumaMedNet (denoising beta-VAE)" if arch == "pumamednet" else "ResNet-18 baseline (from scratch)"
+    lines = [f"# {title}: {', '.join(names) or 'unknown data'}", ""]
+    lines.append("Research software for exploring medical images. **Not a medical device; not for diagnosis.**")
+    lines += ["", "## Model", ""]
+    lines.append(f"- architecture: `{arch}`, image size {model.get('image_size')} px, 1 channel")
+    if arch == "pumamednet":
+        lines.append(f"- latent dimensions: {model.get('latent_dim')}, encoder widths {model.get('widths')}, "
+                     f"self-attention at {model.get('attention_resolution')} px, GroupNorm")
+        lines.append(f"- reconstruction weight map: {model.get('weight_map')} (strength {model.get('weight_strength')})")
+    if model.get("class_names"):
+        lines.append(f"- task: {model.get('task')} over {', '.join(model['class_names'])}")
+    cost = metrics.get("cost") or {}
+    if cost:
+        lines.append(f"- classification path: {cost.get('parameters'):,} parameters, "
+                     f"{cost.get('flops', 0) / 1e6:.1f} MFLOPs per image, "
+                     f"{_fmt(cost.get('cpu_latency_ms'), 2)} ms per image on CPU ({cost.get('cpu_threads')} threads)")
+    lines += ["", "## Training", ""]
+    if data.get("init"):
+        lines.append(f"- initialised from `{data['init']}` (pretrained on {', '.join(data.get('init_datasets', [])) or 'a mix'})")
+    lines.append(f"- data: {', '.join(names)}; train n = {data.get('n_train')}, validation n = {data.get('n_val')}")
+    lines.append(f"- epochs {training.get('epochs_done')} of {training.get('epochs')} (best on validation: "
+                 f"epoch {training.get('best_epoch')}), batch {training.get('batch_size')} x {training.get('world_size', 1)} "
+                 f"process(es), AdamW lr {training.get('lr')}, beta {training.get('beta')} "
+                 f"(warm-up {training.get('kl_warmup')}), capacity {training.get('capacity')}, seed {training.get('seed')}")
+    lines.append(f"- device: {training.get('device')}; training time {metrics.get('train_seconds')} s")
+    lines.append("- denoising objective: flips / affine / perspective on input and target alike; blur, noise and "
+                 "random erasing on the input only" if arch == "pumamednet" else
+                 "- augmentation: flips / affine / perspective")
+    lines += ["", "## Splits", ""]
+    lines += _split_rules(names) or ["- as defined by the data layer"]
+    lines.append("- model selection on the validation split only; the test split is used for reporting")
+    val = metrics.get("val") or {}
+    test = metrics.get("test") or {}
+    lines += ["", "## Metrics", "", "| split | n | macro AUC | accuracy | balanced accuracy | recon. MSE |",
+              "|---|---|---|---|---|---|"]
+    for name, block in (("validation", val), ("test", test)):
+        if block:
+            lines.append(f"| {name} | {block.get('n')} | {_fmt((block.get('auc') or {}).get('macro'))} | "
+                         f"{_fmt(block.get('accuracy'))} | {_fmt(block.get('balanced_accuracy'))} | "
+                         f"{_fmt(block.get('recon_mse'), 5)} |")
+    transfer = metrics.get("transfer") or {}
+    if transfer:
+        lines += ["", "Transfer from the pretrained encoder (test split):", ""]
+        for key, block in transfer.items():
+            auc = ((block.get("test") or {}).get("auc") or {}).get("macro")
+            vauc = ((block.get("val") or {}).get("auc") or {}).get("macro")
+            lines.append(f"- {key}: validation macro AUC {_fmt(vauc)}, test macro AUC {_fmt(auc)}")
+    per = (test.get("auc") or {}).get("per_class") or {}
+    if per:
+        lines += ["", "Per-class test AUC: " + ", ".join(f"{k} {_fmt(v)}" for k, v in per.items())]
+    lines += ["", "## Data licences", ""]
+    lines += _licences(names) or ["- see the dataset sources"]
+    lines += ["", "## Limitations", "",
+              "- small, low-resolution public datasets; performance on other scanners, sites and populations is unknown",
+              "- validation and test splits are carved from the public training data where official splits are "
+              "held back, so the test figures are optimistic relative to an external test set",
+              "", f"_Written {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by `python -m pumamed train`._", ""]
+    return "\n".join(lines)

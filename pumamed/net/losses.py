@@ -1,0 +1,86 @@
+"""The PumaMedNet objective.
+
+Per image (sums over pixels and latent dimensions, so beta = 1 is the usual ELBO scale)::
+
+    loss = recon_weight * sum_px w(x) * (x_hat - x)^2                 weighted denoising reconstruction
+         + beta_t * KL(q(z|x_corrupt) || N(0, I))                      (or beta * |KL - C_t| with capacity)
+         + cls_weight * CE(classifier(mu), y)                          when the model has a classifier
+         + aux_weight * CE(aux_head(mu)[own slice], y)                 weak supervision on a mix
+         + BCE(weight_net(x), error(x) / max error)                    trains the learned weight map only
+
+``w(x)`` (mean 1 per image) is detached: the weight net learns to predict where the error will
+be, from its own loss, and the reconstruction gradient never flows into it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from pumamed.net.model import error_map, normalise_weights
+
+
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) per sample and latent dimension (B x D, nats)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def kl_schedule(step: float, total_steps: float, beta: float, warmup_fraction: float,
+                capacity: float) -> tuple[float, float]:
+    """(beta_t, C_t): beta rises linearly from 0 over the warm-up; the capacity C (nats) rises
+    linearly over the whole run (Burgess et al. 2018) when given."""
+    warm = max(1.0, warmup_fraction * total_steps)
+    beta_t = beta * min(1.0, step / warm) if warmup_fraction > 0 else beta
+    c_t = capacity * min(1.0, step / max(1.0, total_steps)) if capacity > 0 else 0.0
+    return beta_t, c_t
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
+    logits = logits.float()
+    if task == "multiclass":
+        return F.cross_entropy(logits, target.long())
+    if task == "binary":
+        return F.binary_cross_entropy_with_logits(logits[:, -1], target.float())
+    return F.binary_cross_entropy_with_logits(logits, target.float())
+
+
+def mix_aux_loss(logits: torch.Tensor, label_vectors: torch.Tensor, dataset_ids: torch.Tensor,
+                 slices: list[tuple[int, int, str]]) -> torch.Tensor:
+    """Loss of a single head over the concatenated label space of a mix: each sample is scored
+    only on its own dataset's slice (softmax for single-label tasks, sigmoid for multi-label)."""
+    logits = logits.float()
+    total = logits.new_zeros(())
+    count = 0
+    for k, (start, stop, task) in enumerate(slices):
+        rows = dataset_ids == k
+        if not bool(rows.any()):
+            continue
+        part_logits = logits[rows, start:stop]
+        part_target = label_vectors[rows, start:stop]
+        if task == "multilabel":
+            loss = F.binary_cross_entropy_with_logits(part_logits, part_target, reduction="sum") / (stop - start)
+        else:
+            loss = F.cross_entropy(part_logits, part_target.argmax(1), reduction="sum")
+        total = total + loss
+        count += int(rows.sum())
+    return total / max(1, len(logits))
+
+
+def weighted_reconstruction(recon: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the per-image weighted sum of squared errors."""
+    return (weights * (recon.float() - target.float()).pow(2)).flatten(1).sum(1).mean()
+
+
+def weight_map(model, target: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weights for the loss (detached), the weight net's own loss or None)."""
+    kind = model.config.weight_map
+    if kind == "none":
+        return torch.ones_like(target[:, :1]), None
+    err = error_map(recon.detach().float(), target.float())
+    if kind == "error":
+        return normalise_weights(err, model.config.weight_strength).detach(), None
+    logits = model.weight_net(target).float()
+    goal = err / err.flatten(1).amax(1).clamp_min(1e-8).view(-1, 1, 1, 1)
+    own_loss = F.binary_cross_entropy_with_logits(logits, goal)
+    weights = normalise_weights(torch.sigmoid(logits.detach()), model.config.weight_strength)
+    return weights, own_loss

@@ -1,0 +1,140 @@
+"""Classification metrics, model cost (parameters, FLOPs, CPU latency) and batched inference."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+
+def _safe_auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    if len(np.unique(y)) < 2:
+        return None  # undefined with one class present
+    return float(roc_auc_score(y, score))
+
+
+def classification_metrics(y_true: np.ndarray, proba: np.ndarray, task: str, class_names) -> dict:
+    """AUC (macro and per class; one-vs-rest for multiclass), accuracy, balanced accuracy.
+
+    ``proba`` is N x num_classes as returned by ``predict_proba`` (binary: columns [1-p, p])."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    y_true = np.asarray(y_true)
+    proba = np.asarray(proba, dtype=np.float64)
+    class_names = list(class_names) or [str(i) for i in range(proba.shape[1])]
+    out: dict = {"n": int(len(y_true))}
+    if task == "multilabel":
+        per = {name: _safe_auc(y_true[:, k], proba[:, k]) for k, name in enumerate(class_names)}
+        pred = proba >= 0.5
+        accs = [(pred[:, k] == y_true[:, k]).mean() for k in range(len(class_names))]
+        bals = [balanced_accuracy_score(y_true[:, k], pred[:, k]) for k in range(len(class_names))
+                if len(np.unique(y_true[:, k])) > 1]
+        out["accuracy"] = float(np.mean(accs))
+        out["balanced_accuracy"] = float(np.mean(bals)) if bals else None
+    elif task == "binary":
+        y = y_true.astype(int)
+        auc = _safe_auc(y, proba[:, 1])
+        per = {class_names[1]: auc}
+        pred = (proba[:, 1] >= 0.5).astype(int)
+        out["accuracy"] = float((pred == y).mean())
+        out["balanced_accuracy"] = float(balanced_accuracy_score(y, pred)) if len(np.unique(y)) > 1 else None
+    else:
+        y = y_true.astype(int)
+        per = {name: _safe_auc((y == k).astype(int), proba[:, k]) for k, name in enumerate(class_names)}
+        pred = proba.argmax(1)
+        out["accuracy"] = float((pred == y).mean())
+        out["balanced_accuracy"] = float(balanced_accuracy_score(y, pred))
+    defined = [v for v in per.values() if v is not None]
+    out["auc"] = {"macro": float(np.mean(defined)) if defined else None, "per_class": per}
+    return out
+
+
+@torch.no_grad()
+def batched_outputs(model, images_uint8: torch.Tensor, device, batch_size: int = 256,
+                    want_recon: bool = True) -> dict:
+    """Run a model over uint8 N x 1 x S x S images: probabilities, mu, logvar and the per-image
+    mean squared reconstruction error (PumaMedNet only)."""
+    from pumamed.config import autocast
+
+    model.eval()
+    probs, mus, logvars, errs = [], [], [], []
+    is_vae = hasattr(model, "decode")
+    has_head = getattr(model, "classifier", None) is not None or not is_vae
+    for start in range(0, len(images_uint8), batch_size):
+        x = images_uint8[start:start + batch_size].to(device).float().div_(255.0)
+        with autocast(device):
+            if is_vae:
+                mu, logvar = model.encode(x)
+                mus.append(mu.float().cpu())
+                logvars.append(logvar.float().cpu())
+                if want_recon:
+                    recon = model.decode(mu)
+                    errs.append((recon.float() - x).pow(2).flatten(1).mean(1).cpu())
+                if has_head:
+                    from pumamed.net.model import logits_to_proba
+
+                    probs.append(logits_to_proba(model.classifier(mu), model.config.task).cpu())
+            else:
+                probs.append(model.predict_proba(x).float().cpu())
+    out = {}
+    if probs:
+        out["proba"] = torch.cat(probs).numpy()
+    if mus:
+        out["mu"] = torch.cat(mus).numpy()
+        out["logvar"] = torch.cat(logvars).numpy()
+    if errs:
+        out["recon_mse"] = torch.cat(errs).numpy()
+    return out
+
+
+def classification_path(model) -> torch.nn.Module:
+    """The module that turns an image into logits (encoder -> mu -> classifier for PumaMedNet)."""
+    if hasattr(model, "decode"):
+        from pumamed.net.model import ClassificationPath
+
+        if model.classifier is None:
+            return model.encoder
+        return ClassificationPath(model)
+    return model
+
+
+def model_cost(model, image_size: int, latency_repeats: int = 30) -> dict:
+    """Parameters, FLOPs (torch.utils.flop_counter, one image) and median CPU latency per image
+    (batch of one, current torch thread count) of the classification path."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    path = copy.deepcopy(classification_path(model)).to("cpu").float().eval()
+    x = torch.rand(1, 1, image_size, image_size)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        path(x)
+    flops = int(counter.get_total_flops())
+    times = []
+    with torch.no_grad():
+        for _ in range(5):
+            path(x)
+        for _ in range(latency_repeats):
+            t0 = time.perf_counter()
+            path(x)
+            times.append(time.perf_counter() - t0)
+    return {"parameters": int(sum(p.numel() for p in path.parameters())), "flops": flops,
+            "cpu_latency_ms": float(np.median(times) * 1000.0), "cpu_threads": torch.get_num_threads()}
+
+
+def kl_per_dim_from(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    return (0.5 * (mu ** 2 + np.exp(logvar) - 1.0 - logvar)).mean(0)
+
+
+def finite_or_none(value):
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None

@@ -1,0 +1,207 @@
+"""What ``python -m pumamed train`` does, as a library function.
+
+* one dataset, no ``init``: PumaMedNet (beta-VAE + classifier head on mu) from scratch;
+* several datasets: pretraining on the mix, with one auxiliary head over the concatenated label
+  space (weak supervision, each sample scored on its own dataset's slice);
+* one dataset with ``init``: transfer from a pretrained PumaMedNet, reporting both
+  (a) the frozen encoder + logistic regression on mu and (b) fine-tuning (the saved model);
+* ``arch="resnet18"``: the ResNet-18 baseline on the same data, size and splits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pumamed.errors import CheckpointError, InputError
+from pumamed.net import checkpoint as ckpt
+from pumamed.net.card import make_card
+from pumamed.net.data import ArrayData, load_arrays
+from pumamed.net.train import TrainConfig, fit
+
+
+@dataclass
+class RunSpec:
+    datasets: list[str]
+    out: Path
+    arch: str = "pumamednet"
+    size: int = 64
+    latent: int = 32
+    widths: tuple[int, ...] = (16, 32, 64, 128)
+    weight_map: str = "learned"
+    classifier_hidden: int = 0
+    init: Path | None = None
+    resume: bool = False
+    data_dir: str | None = None
+    report_test: bool = True
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _check_names(names: list[str]) -> list[str]:
+    names = [n.strip() for n in names if n and n.strip()]
+    if not names:
+        raise InputError("give at least one dataset with --dataset NAME[,NAME...]")
+    if len(set(names)) != len(names):
+        raise InputError(f"a dataset is listed twice in {names}")
+    return names
+
+
+def transfer_weights(target: torch.nn.Module, source: torch.nn.Module) -> list[str]:
+    """Copy every tensor of ``source`` whose name and shape match ``target`` (encoder, decoder,
+    weight net); the new classifier stays freshly initialised. Returns the copied names."""
+    src = source.state_dict()
+    own = target.state_dict()
+    copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(("classifier", "aux_heads"))]
+    encoder = [k for k in own if k.startswith("encoder.")]
+    missing = [k for k in encoder if k not in copied]
+    if missing:
+        raise CheckpointError(f"the --init model does not fit: {len(missing)} encoder tensors differ "
+                              f"(e.g. {missing[0]}); use the same --size, --latent and widths as its pretraining")
+    with torch.no_grad():
+        target.load_state_dict({**own, **{k: src[k] for k in copied}})
+    return copied
+
+
+def linear_probe(model, train: ArrayData, val: ArrayData, test: ArrayData | None, device) -> dict:
+    """(a) Frozen encoder: standardised mu -> logistic regression, C chosen on validation AUC.
+    Returns metrics on val (and test) plus the chosen C."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    from pumamed.net.metrics import batched_outputs, classification_metrics
+
+    def features(data):
+        return batched_outputs(model, data.images, device, want_recon=False)["mu"]
+
+    x_train, x_val = features(train), features(val)
+    scaler = StandardScaler().fit(x_train)
+    x_train, x_val = scaler.transform(x_train), scaler.transform(x_val)
+    y_train = train.labels.numpy()
+    best = None
+    for c in (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0):
+        base = LogisticRegression(C=c, max_iter=2000)
+        clf = OneVsRestClassifier(base) if train.task == "multilabel" else base
+        clf.fit(x_train, y_train)
+        proba = _probe_proba(clf, x_val, train.task)
+        val_metrics = classification_metrics(val.labels.numpy(), proba, val.task, val.class_names)
+        score = (val_metrics["auc"] or {}).get("macro") or 0.0
+        if best is None or score > best[0]:
+            best = (score, c, clf, val_metrics)
+    out = {"method": "frozen encoder + logistic regression on standardised mu", "C": best[1], "val": best[3]}
+    if test is not None:
+        x_test = scaler.transform(features(test))
+        out["test"] = classification_metrics(test.labels.numpy(), _probe_proba(best[2], x_test, test.task),
+                                             test.task, test.class_names)
+    return out
+
+
+def _probe_proba(clf, x, task):
+    proba = clf.predict_proba(x)
+    if task == "binary" and proba.ndim == 2 and proba.shape[1] == 2:
+        return proba
+    return np.asarray(proba)
+
+
+def build_model(spec: RunSpec, train: ArrayData):
+    from pumamed.net.baseline import ResNet18Classifier, ResNetConfig
+    from pumamed.net.model import PumaMedNet, PumaMedNetConfig
+
+    if spec.arch == "resnet18":
+        if train.task not in ("binary", "multiclass", "multilabel"):
+            raise InputError("the ResNet-18 baseline trains on one labelled dataset, not on a mix")
+        return ResNet18Classifier(ResNetConfig(image_size=spec.size, num_classes=len(train.class_names),
+                                               task=train.task, class_names=list(train.class_names)))
+    if spec.arch != "pumamednet":
+        raise InputError(f"unknown --arch {spec.arch!r} (pumamednet or resnet18)")
+    try:
+        if train.task == "mix":
+            aux = {"mix": int(train.labels.shape[1])} if spec.train.aux_weight > 0 else {}
+            cfg = PumaMedNetConfig(image_size=spec.size, latent_dim=spec.latent, widths=spec.widths,
+                                   weight_map=spec.weight_map, aux_heads=aux)
+        else:
+            cfg = PumaMedNetConfig(image_size=spec.size, latent_dim=spec.latent, widths=spec.widths,
+                                   weight_map=spec.weight_map, num_classes=len(train.class_names), task=train.task,
+                                   class_names=list(train.class_names), classifier_hidden=spec.classifier_hidden)
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    return PumaMedNet(cfg)
+
+
+def run(spec: RunSpec, log=print) -> dict:
+    from pumamed.config import select_device
+    from pumamed.net.metrics import batched_outputs, classification_metrics, model_cost
+
+    names = _check_names(spec.datasets)
+    spec.out = Path(spec.out)
+    log(f"loading {', '.join(names)} at {spec.size} px ...")
+    train = load_arrays(names, "train", spec.size, spec.data_dir)
+    val = load_arrays(names, "val", spec.size, spec.data_dir)
+    is_mix = len(names) > 1
+    test = None
+    if spec.report_test and not is_mix:
+        test = load_arrays(names, "test", spec.size, spec.data_dir)
+
+    init_loaded = None
+    if spec.init is not None:
+        if spec.arch != "pumamednet":
+            raise InputError("--init transfers a pretrained PumaMedNet; it does not apply to --arch resnet18")
+        init_loaded = ckpt.load_model(spec.init, device="cpu")
+        init_model_cfg = init_loaded.config.get("model", {})
+        if int(init_model_cfg.get("image_size", spec.size)) != spec.size:
+            raise InputError(f"--init was trained at {init_model_cfg.get('image_size')} px; use --size "
+                             f"{init_model_cfg.get('image_size')}")
+        spec.latent = int(init_model_cfg.get("latent_dim", spec.latent))
+        spec.widths = tuple(init_model_cfg.get("widths", spec.widths))
+        spec.weight_map = init_model_cfg.get("weight_map", spec.weight_map)
+
+    model = build_model(spec, train)
+    device = select_device()
+    meta = {"data": {"datasets": names, "size": spec.size, "n_train": len(train), "n_val": len(val),
+                     "n_test": len(test) if test is not None else None, "data_dir_name": "PUMAMED_DATA_DIR",
+                     "init": str(spec.init) if spec.init else None,
+                     "init_datasets": (init_loaded.config.get("data", {}).get("datasets", []) if init_loaded else [])}}
+    transfer = {}
+    if init_loaded is not None:
+        copied = transfer_weights(model, init_loaded.model)
+        log(f"initialised {len(copied)} tensors from {spec.init}")
+        if train.task in ("binary", "multiclass", "multilabel") and not spec.resume:
+            transfer["frozen_encoder_probe"] = linear_probe(model.to(device), train, val, test, device)
+            auc = transfer["frozen_encoder_probe"]["val"]["auc"]["macro"]
+            log(f"(a) frozen encoder + logistic regression: val macro AUC {auc:.4f}")
+
+    def card_fn(metrics, config):
+        return make_card(config, metrics)
+
+    metrics = fit(model, train, val, spec.train, spec.out, resume=spec.resume, device=device, meta=meta,
+                  card_fn=card_fn, log=log)
+    from pumamed.net.train import is_main_process
+
+    if not is_main_process():
+        return metrics
+    # Final report on the selected (best-on-validation) checkpoint.
+    loaded = ckpt.load_model(spec.out, device=device)
+    final = dict(metrics)
+    if spec.resume and (spec.out / ckpt.METRICS_FILE).is_file():
+        import json
+
+        previous = json.loads((spec.out / ckpt.METRICS_FILE).read_text())
+        transfer = transfer or previous.get("transfer", {})
+    if test is not None and train.task in ("binary", "multiclass", "multilabel"):
+        out = batched_outputs(loaded.model, test.images, device)
+        final["test"] = classification_metrics(test.labels.numpy(), out["proba"], test.task, test.class_names)
+        if "recon_mse" in out:
+            final["test"]["recon_mse"] = float(out["recon_mse"].mean())
+    if transfer:
+        transfer["finetune"] = {"method": "encoder, decoder and head trained jointly (classification + VAE loss)",
+                                "val": final.get("val"), "test": final.get("test")}
+        final["transfer"] = transfer
+    if loaded.arch == "pumamednet" or train.task != "mix":
+        if getattr(loaded.model, "classifier", None) is not None or loaded.arch == "resnet18":
+            final["cost"] = model_cost(loaded.model, spec.size)
+    ckpt.atomic_write_json(spec.out / ckpt.METRICS_FILE, final)
+    ckpt.atomic_write_text(spec.out / ckpt.CARD_FILE, make_card(loaded.config, final))
+    return final

@@ -1,0 +1,408 @@
+"""The training loop shared by pretraining, fine-tuning and the ResNet-18 baseline.
+
+* one objective module (:class:`TrainingObjective`) so DDP sees every loss in one forward;
+* deterministic: every epoch reseeds Python/NumPy/torch with ``seed + epoch`` and seeds its
+  sampler, so a run resumed after epoch k is identical to one that never stopped;
+* a checkpoint every epoch, atomically: the best model so far (selected on the validation split)
+  in ``out/``, the last state (weights + optimizer moments + history) in ``out/resume/``;
+* mixed precision on CUDA (``pumamed.config.autocast``; a GradScaler when that means fp16),
+  optional channels_last, DDP when launched by ``torchrun`` (gloo on CPU, nccl on CUDA).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pumamed.errors import CheckpointError, InputError
+from pumamed.net import checkpoint as ckpt
+from pumamed.net.data import ArrayData, DenoisingDataset
+from pumamed.net.losses import (
+    classification_loss,
+    kl_per_dim,
+    kl_schedule,
+    mix_aux_loss,
+    weight_map,
+    weighted_reconstruction,
+)
+
+RESUME_DIR = "resume"
+WEIGHT_MAPS_FILE = "weight_maps.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64  # per process under DDP
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05  # linear learning-rate warm-up, then cosine decay to 5%
+    beta: float = 1.0
+    kl_warmup: float = 0.3  # fraction of all steps over which beta rises from 0
+    capacity: float = 0.0  # nats; > 0 switches to beta * |KL - C_t| (capacity annealing)
+    recon_weight: float = 1.0
+    cls_weight: float = 50.0  # classifier head on mu (fine-tuning / supervised training)
+    aux_weight: float = 10.0  # auxiliary heads on mu (weak supervision while pretraining a mix)
+    augment: bool = True  # geometric augmentation (input and target alike)
+    denoise: bool = True  # corruption of the input only
+    sample_latent: bool = True  # reparameterised z (False: z = mu, a deterministic autoencoder path)
+    shuffle: bool = True
+    seed: int = 0
+    num_workers: int = 0
+    channels_last: bool = False
+    max_steps_per_epoch: int = 0  # 0: the whole training set each epoch
+    keep_resume_state: bool = False  # keep out/resume after a finished run
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# --- distributed --------------------------------------------------------------------------------
+def distributed_setup() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank); initialises the process group when launched by torchrun."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier():
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+# --- objective ----------------------------------------------------------------------------------
+class TrainingObjective(nn.Module):
+    """Every loss term in one forward (what DDP wraps). Returns (loss, stats)."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, data: ArrayData):
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.is_vae = hasattr(model, "decode")
+        self.slices = list(data.slices)
+        self.task = data.task
+
+    def forward(self, source, target, label, dataset_id, beta_t: float, capacity_t: float):
+        cfg = self.cfg
+        stats = {}
+        if not self.is_vae:
+            loss = classification_loss(self.model(target), label, self.task)
+            stats["cls"] = loss.detach()
+            return loss, stats
+        model = self.model
+        mu, logvar = model.encode(source)
+        z = model.reparameterize(mu, logvar) if cfg.sample_latent else mu
+        recon = model.decode(z)
+        weights, weight_net_loss = weight_map(model, target, recon)
+        rec = weighted_reconstruction(recon, target, weights)
+        kl_dims = kl_per_dim(mu.float(), logvar.float())
+        kl = kl_dims.sum(1).mean()
+        kl_term = beta_t * (kl - capacity_t).abs() if cfg.capacity > 0 else beta_t * kl
+        loss = cfg.recon_weight * rec + kl_term
+        stats.update(recon=rec.detach(), kl=kl.detach(), kl_dims=kl_dims.detach().mean(0),
+                     mse=(recon.detach().float() - target).pow(2).mean())
+        if weight_net_loss is not None:
+            loss = loss + weight_net_loss
+            stats["weight_net"] = weight_net_loss.detach()
+        if model.classifier is not None and self.task in ("binary", "multiclass", "multilabel"):
+            cls = classification_loss(model.classifier(mu), label, self.task)
+            loss = loss + cfg.cls_weight * cls
+            stats["cls"] = cls.detach()
+        if "mix" in model.aux_heads and self.slices:
+            aux = mix_aux_loss(model.aux_heads["mix"](mu), label.float(), dataset_id, self.slices)
+            loss = loss + cfg.aux_weight * aux
+            stats["aux"] = aux.detach()
+        return loss, stats
+
+
+def learning_rate(step: int, total: int, base: float, warmup_fraction: float) -> float:
+    warm = max(1, int(warmup_fraction * total))
+    if step < warm:
+        return base * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+# --- validation ---------------------------------------------------------------------------------
+def validate(model, data: ArrayData | None, device, beta: float) -> dict:
+    """Validation metrics; ``score`` is what model selection maximises (macro AUC when the model
+    classifies, else minus the validation loss)."""
+    from pumamed.net.metrics import batched_outputs, classification_metrics
+
+    if data is None or len(data) == 0:
+        return {}
+    raw = model.module if hasattr(model, "module") else model
+    out = batched_outputs(raw, data.images, device)
+    metrics: dict = {}
+    if "recon_mse" in out:
+        kl = kl_per_dim(torch.from_numpy(out["mu"]), torch.from_numpy(out["logvar"])).sum(1).mean().item()
+        npix = data.images.shape[-1] * data.images.shape[-2]
+        metrics["recon_mse"] = float(out["recon_mse"].mean())
+        metrics["kl"] = float(kl)
+        metrics["loss"] = float(out["recon_mse"].mean() * npix + beta * kl)
+    if "proba" in out and data.labels is not None and data.task in ("binary", "multiclass", "multilabel"):
+        metrics.update(classification_metrics(data.labels.numpy(), out["proba"], data.task, data.class_names))
+    auc = (metrics.get("auc") or {}).get("macro")
+    metrics["score"] = float(auc) if auc is not None else -metrics.get("loss", 0.0)
+    return metrics
+
+
+# --- weight-map snapshots ("before / now") ------------------------------------------------------
+@torch.no_grad()
+def weight_map_snapshot(model, images_uint8: torch.Tensor, device) -> torch.Tensor:
+    raw = model.module if hasattr(model, "module") else model
+    if not hasattr(raw, "reconstruction_weights"):
+        return torch.empty(0)
+    was = raw.training
+    raw.eval()
+    x = images_uint8.to(device).float().div(255.0)
+    w = raw.reconstruction_weights(x).float().cpu()
+    raw.train(was)
+    return w
+
+
+def save_weight_maps(folder: Path, images: torch.Tensor, before: torch.Tensor, now: torch.Tensor,
+                     before_label: str, now_label: str) -> None:
+    """``weight_maps.safetensors``: reference images and the loss weight map of each, at the
+    start of training ("before") and in the saved model ("now")."""
+    if before.numel() == 0:
+        return
+    ckpt.atomic_save_tensors(Path(folder) / WEIGHT_MAPS_FILE,
+                             {"images": images.float().div(255.0).half(), "before": before.half(), "now": now.half()},
+                             metadata={"before": before_label, "now": now_label})
+
+
+def load_weight_maps(folder) -> dict | None:
+    """{"images", "before", "now"} (float32 tensors N x 1 x S x S) and their labels, or None."""
+    from safetensors import safe_open
+
+    path = Path(folder) / WEIGHT_MAPS_FILE
+    if not path.is_file():
+        return None
+    tensors = ckpt.read_tensors(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    return {**{k: v.float() for k, v in tensors.items()}, "labels": meta}
+
+
+# --- the loop -----------------------------------------------------------------------------------
+def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainConfig, out_dir,
+        *, resume: bool = False, device=None, meta: dict | None = None, card_fn=None,
+        log=print) -> dict:
+    """Train ``model`` on ``train``, select on ``val``, checkpoint into ``out_dir`` every epoch.
+
+    ``meta`` goes into config.json (data, splits, init...); ``card_fn(metrics) -> str`` writes
+    the model card. Returns the final metrics dict (as in metrics.json)."""
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+    from pumamed.config import autocast, select_device, seed_everything
+
+    out_dir = Path(out_dir)
+    resume_dir = out_dir / RESUME_DIR
+    rank, world, local_rank = distributed_setup()
+    if device is None:
+        device = select_device()
+        if device.type == "cuda" and world > 1:
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+    device = torch.device(device)
+    seed_everything(cfg.seed)
+    if len(train) == 0:
+        raise InputError("the training split is empty")
+
+    model = model.to(device)
+    if cfg.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    use_fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
+
+    dataset = DenoisingDataset(train, augment=cfg.augment, denoise=cfg.denoise and hasattr(model, "decode"))
+    steps_per_epoch = math.ceil(len(dataset) / (cfg.batch_size * world))
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    total_steps = steps_per_epoch * cfg.epochs
+
+    history: list[dict] = []
+    start_epoch, global_step, best_score, best_epoch = 0, 0, -math.inf, -1
+    reference = val.images[:8] if val is not None and len(val) else train.images[:8]
+    before_label = "start of training"
+    weights_before = weight_map_snapshot(model, reference, device)
+    if resume:
+        if not (resume_dir / ckpt.WEIGHTS_FILE).is_file():
+            raise CheckpointError(f"cannot resume: {resume_dir} holds no saved training state")
+        ckpt.load_state_strict(model, ckpt.read_tensors(resume_dir / ckpt.WEIGHTS_FILE), str(resume_dir))
+        info = ckpt.load_training_state(resume_dir, optimizer, scaler=scaler)
+        start_epoch, global_step = int(info["epoch"]) + 1, int(info["global_step"])
+        best_score, best_epoch = float(info["best_score"]), int(info["best_epoch"])
+        history = list(info.get("history", []))
+        if info.get("weights_before") is not None:
+            weights_before = torch.tensor(info["weights_before"])
+        log(f"resuming after epoch {start_epoch} of {cfg.epochs}")
+
+    objective = TrainingObjective(model, cfg, train)
+    runner: nn.Module = objective
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+
+    main = rank == 0
+    final_metrics: dict = {}
+    for epoch in range(start_epoch, cfg.epochs):
+        seed_everything(cfg.seed + 1000 * (epoch + 1))
+        if world > 1:
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=cfg.shuffle, seed=cfg.seed)
+            sampler.set_epoch(epoch)
+        elif cfg.shuffle:
+            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        else:
+            sampler = SequentialSampler(dataset)
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                            pin_memory=device.type == "cuda", drop_last=False,
+                            persistent_workers=False,
+                            generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        model.train()
+        sums: dict[str, float] = {}
+        kl_dims_sum = None
+        n_batches, n_images, t0 = 0, 0, time.time()
+        bar = None
+        if main and cfg.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       mininterval=2.0, dynamic_ncols=True)
+        for step_in_epoch, (source, target, label, did) in enumerate(loader):
+            if step_in_epoch >= steps_per_epoch:
+                break
+            source, target = source.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            label, did = label.to(device, non_blocking=True), did.to(device, non_blocking=True)
+            if cfg.channels_last and device.type == "cuda":
+                source = source.contiguous(memory_format=torch.channels_last)
+                target = target.contiguous(memory_format=torch.channels_last)
+            lr = learning_rate(global_step, total_steps, cfg.lr, cfg.warmup_fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            beta_t, c_t = kl_schedule(global_step, total_steps, cfg.beta, cfg.kl_warmup, cfg.capacity)
+            with autocast(device):
+                loss, stats = runner(source, target, label, did, beta_t, c_t)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0 * max(1.0, math.sqrt(train.size)))
+            scaler.step(optimizer)
+            scaler.update()
+            global_step += 1
+            n_batches += 1
+            n_images += len(source) * world
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            for key, value in stats.items():
+                if key == "kl_dims":
+                    kl_dims_sum = value.cpu() if kl_dims_sum is None else kl_dims_sum + value.cpu()
+                else:
+                    sums[key] = sums.get(key, 0.0) + float(value)
+            if bar is not None:
+                bar.update(1)
+                if n_batches % 10 == 0:
+                    bar.set_postfix(loss=f"{sums['loss'] / n_batches:.2f}", beta=f"{beta_t:.2f}")
+        if bar is not None:
+            bar.close()
+        elapsed = time.time() - t0
+        record = {"epoch": epoch + 1, "seconds": round(elapsed, 2), "images_per_s": round(n_images / max(elapsed, 1e-9), 1),
+                  "lr": lr, "beta": beta_t, "capacity": c_t,
+                  **{k: v / max(1, n_batches) for k, v in sums.items()}}
+        if kl_dims_sum is not None:
+            record["kl_per_dim"] = (kl_dims_sum / max(1, n_batches)).tolist()
+        if main:
+            val_metrics = validate(model, val, device, cfg.beta)
+            record["val"] = val_metrics
+            history.append(record)
+            improved = val_metrics.get("score", -math.inf) > best_score or best_epoch < 0
+            if improved:
+                best_score, best_epoch = val_metrics.get("score", -math.inf), epoch + 1
+            summary = _epoch_summary(record)
+            log(summary + (" *" if improved else ""))
+            final_metrics = _collect_metrics(history, best_epoch, val_metrics if improved else None,
+                                             final_metrics)
+            raw = model
+            kl_dims = record.get("kl_per_dim")
+            config = {**(meta or {}), "training": {**cfg.to_dict(), "epochs_done": epoch + 1, "best_epoch": best_epoch,
+                                                   "world_size": world, "device": str(device)}}
+            if kl_dims is not None:
+                config["kl_per_dim"] = kl_dims
+            if improved:
+                card = card_fn(final_metrics, config) if card_fn else ""
+                ckpt.save_checkpoint(out_dir, raw, config, final_metrics, card)
+                weights_now = weight_map_snapshot(model, reference, device)
+                save_weight_maps(out_dir, reference, weights_before, weights_now, before_label,
+                                 f"epoch {epoch + 1}")
+            else:
+                # keep metrics.json in step with the history even when the weights stay
+                ckpt.atomic_write_json(out_dir / ckpt.METRICS_FILE, final_metrics)
+            ckpt.save_checkpoint(resume_dir, raw, config, {"history": history}, "resume state; not a release\n")
+            ckpt.save_training_state(resume_dir, optimizer, {
+                "epoch": epoch, "global_step": global_step, "best_score": best_score, "best_epoch": best_epoch,
+                "history": history, "weights_before": weights_before.tolist() if weights_before.numel() else None,
+            }, scaler=scaler)
+        _barrier()
+    if main and not cfg.keep_resume_state and resume_dir.exists() and len(history) >= cfg.epochs:
+        shutil.rmtree(resume_dir, ignore_errors=True)
+    if main and not final_metrics and (out_dir / ckpt.METRICS_FILE).is_file():
+        final_metrics = json.loads((out_dir / ckpt.METRICS_FILE).read_text())
+    return final_metrics
+
+
+def _collect_metrics(history, best_epoch, best_val, previous) -> dict:
+    out = dict(previous or {})
+    out["history"] = history
+    out["best_epoch"] = best_epoch
+    if best_val is not None:
+        out["val"] = best_val
+    out["train_seconds"] = round(sum(h["seconds"] for h in history), 1)
+    return out
+
+
+def _epoch_summary(record: dict) -> str:
+    parts = [f"epoch {record['epoch']}", f"loss {record.get('loss', float('nan')):.3f}"]
+    for key in ("recon", "kl", "cls", "aux"):
+        if key in record:
+            parts.append(f"{key} {record[key]:.3f}")
+    if "kl_per_dim" in record:
+        dims = np.asarray(record["kl_per_dim"])
+        parts.append(f"active dims {(dims > 0.01).sum()}/{len(dims)}")
+    val = record.get("val") or {}
+    if (val.get("auc") or {}).get("macro") is not None:
+        parts.append(f"val auc {val['auc']['macro']:.4f}")
+    if "recon_mse" in val:
+        parts.append(f"val mse {val['recon_mse']:.5f}")
+    parts.append(f"{record['images_per_s']:.0f} img/s")
+    return " | ".join(parts)

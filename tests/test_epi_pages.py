@@ -1,0 +1,117 @@
+"""The public-health pages (map, socioeconomic factors, air pollutants) through the real router.
+
+They render on the real data, react to their widgets without an exception, and say what is
+missing (never a traceback) when the data directory is empty.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TIMEOUT = 300  # the first run of a process assembles the panel (tens of seconds on 2 busy cores)
+
+
+def _open(page: str, presentation: bool = False) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if presentation:
+        at.session_state["presentation_mode"] = True
+    at.run()
+    at.switch_page(page)
+    at.run()
+    return at
+
+
+def _ok(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def _metric(at: AppTest, label_start: str) -> str:
+    for metric in at.metric:
+        if metric.label.startswith(label_start):
+            return metric.value
+    raise AssertionError(f"no metric starting {label_start!r}: {[m.label for m in at.metric]}")
+
+
+def test_map_page_changes_variable_scheme_and_state(epi_root):
+    at = _open("pages/epi_map.py")
+    _ok(at)
+    assert at.selectbox(key="map_variable").value == "ses_marginalization_index"
+    assert _metric(at, "Municipalities with data") == "2,469 / 2,469"
+
+    at.selectbox(key="map_variable").set_value("ses_illiteracy_pct")
+    at.selectbox(key="map_scheme").set_value("natural_breaks")
+    at.selectbox(key="map_palette").set_value("cividis")
+    at.run()
+    _ok(at)
+    at.multiselect(key="map_states").set_value(["20"])  # Oaxaca: 570 municipalities
+    at.run()
+    _ok(at)
+    assert _metric(at, "Municipalities with data").endswith("/ 570")
+    shown = at.dataframe[0].value
+    assert len(shown) == 570 and set(shown["CVE_ENT"]) == {"20"}
+    assert {"municipality", "state", "ses_illiteracy_pct", "class"} <= set(shown.columns)
+    assert at.get("download_button"), "the table download is missing"
+
+
+def test_map_page_other_theme(epi_root):
+    at = _open("pages/epi_map.py", presentation=True)
+    _ok(at)
+    at.selectbox(key="map_group").set_value("pollutant")
+    at.run()
+    _ok(at)
+    # Pollutant exposure exists only near stations: the map says so by its count.
+    count = _metric(at, "Municipalities with data")
+    assert int(count.split("/")[0].replace(",", "")) < 2469
+
+
+def test_factors_page_reproduces_conapo_with_one_factor(epi_root):
+    at = _open("pages/epi_factors.py")
+    _ok(at)
+    assert len(at.multiselect(key="fa_indicators").value) == 9
+    assert float(_metric(at, "KMO")) > 0.7
+    assert at.success, "the adequacy verdict is missing"
+
+    at.toggle(key="fa_follow").set_value(False)
+    at.run()  # the number of factors is enabled once the toggle is off
+    at.number_input(key="fa_k").set_value(1)
+    at.run()
+    _ok(at)
+    r = float(_metric(at, "F1 vs IM_2020"))
+    assert abs(r) >= 0.95, r
+
+    at.selectbox(key="fa_method").set_value("ml")
+    at.selectbox(key="fa_rotation").set_value("oblimin")
+    at.number_input(key="fa_k").set_value(3)
+    at.run()
+    _ok(at)
+    assert at.selectbox(key="fa_factor").options == ["F1", "F2", "F3"]
+
+
+def test_pollutants_page_switches_pollutant_and_network(epi_root):
+    at = _open("pages/epi_pollutants.py")
+    _ok(at)
+    assert int(_metric(at, "Stations with a valid annual mean")) > 0
+    at.selectbox(key="pol_pollutant").set_value("o3")
+    at.run()
+    _ok(at)
+    networks = at.radio(key="pol_network").options
+    assert any(n.startswith("SINAICA") for n in networks) and any(n.startswith("RAMA") for n in networks)
+    at.radio(key="pol_network").set_value([n for n in networks if n.startswith("SINAICA")][0])
+    at.radio(key="pol_method").set_value("spearman")
+    at.run()
+    _ok(at)
+    assert any(df.value.columns.tolist()[:2] == ["variable", "vif"] for df in at.dataframe)
+
+
+@pytest.mark.parametrize("page", ["pages/epi_map.py", "pages/epi_factors.py", "pages/epi_pollutants.py"])
+def test_pages_without_data_say_what_is_missing(page, tmp_path, monkeypatch):
+    monkeypatch.setenv("PUMAMED_DATA_DIR", str(tmp_path))
+    at = _open(page)
+    assert not at.exception, [e.value for e in at.exception]
+    text = " ".join(i.value for i in at.info)
+    assert "PUMAMED_DATA_DIR" in text and "was not found" in text

@@ -1,0 +1,106 @@
+"""PumaMedNet architecture: shapes, ranges, probabilities, weight maps, cost against ResNet-18."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pumamed.errors import CheckpointError
+from pumamed.net import ClassificationPath, PumaMedNet, PumaMedNetConfig, count_parameters
+
+TINY = dict(image_size=32, latent_dim=8, widths=(8, 16, 32), attention_resolution=8, groups=4)
+
+
+def tiny(**kw) -> PumaMedNet:
+    torch.manual_seed(0)
+    return PumaMedNet(PumaMedNetConfig(**{**TINY, **kw}))
+
+
+@pytest.mark.parametrize("size,widths", [(32, (8, 16, 32)), (64, (16, 32, 64, 128))])
+def test_shapes_and_ranges(size, widths):
+    model = tiny(image_size=size, widths=widths, num_classes=4, class_names=list("abcd")).eval()
+    x = torch.rand(3, 1, size, size)
+    mu, logvar = model.encode(x)
+    assert mu.shape == logvar.shape == (3, 8)
+    x_hat = model.decode(torch.randn(3, 8))
+    assert x_hat.shape == (3, 1, size, size)
+    assert float(x_hat.min()) >= 0.0 and float(x_hat.max()) <= 1.0
+    out = model(x)
+    assert out.recon.shape == x.shape and out.z.shape == (3, 8)
+    assert torch.equal(out.z, out.mu)  # eval mode: z = mu
+    model.train()
+    assert not torch.equal(model(x).z, model(x).mu)  # training mode samples z
+
+
+def test_attention_is_used_at_low_resolution():
+    from pumamed.net.model import SelfAttention2d
+
+    model = tiny()
+    assert any(isinstance(m, SelfAttention2d) for m in model.encoder.modules())
+    assert any(isinstance(m, SelfAttention2d) for m in model.decoder.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("task,k,width", [("binary", 2, 2), ("multiclass", 4, 4), ("multilabel", 5, 5)])
+def test_predict_proba_shapes(task, k, width):
+    model = tiny(num_classes=k, task=task, class_names=[str(i) for i in range(k)]).eval()
+    probs = model.predict_proba(torch.rand(6, 1, 32, 32))
+    assert probs.shape == (6, width)
+    assert float(probs.min()) >= 0 and float(probs.max()) <= 1
+    if task != "multilabel":
+        torch.testing.assert_close(probs.sum(1), torch.ones(6))
+    if task == "binary":
+        assert model.classifier.out_features == 1  # one logit, two probability columns
+
+
+def test_model_without_classifier_refuses_to_classify():
+    model = tiny()
+    assert model.classifier is None
+    with pytest.raises(CheckpointError):
+        model.predict_proba(torch.rand(1, 1, 32, 32))
+
+
+@pytest.mark.parametrize("kind", ["learned", "error", "none"])
+def test_reconstruction_weights_mean_one(kind):
+    model = tiny(weight_map=kind).eval()
+    x = torch.rand(4, 1, 32, 32)
+    w = model.reconstruction_weights(x)
+    assert w.shape == (4, 1, 32, 32)
+    assert float(w.min()) >= 0
+    torch.testing.assert_close(w.mean(dim=(1, 2, 3)), torch.ones(4), atol=1e-4, rtol=0)
+    if kind == "none":
+        assert torch.equal(w, torch.ones_like(w))
+    else:
+        assert float(w.std()) > 0  # actually prioritises some pixels
+
+
+def test_config_round_trip_and_validation():
+    cfg = PumaMedNetConfig(**TINY, num_classes=3, class_names=["a", "b", "c"], aux_heads={"mix": 7})
+    again = PumaMedNetConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    with pytest.raises(CheckpointError):
+        PumaMedNetConfig.from_dict({**cfg.to_dict(), "unknown_key": 1})
+    with pytest.raises(ValueError):
+        PumaMedNetConfig(image_size=30, widths=(8, 16, 32))
+    with pytest.raises(ValueError):
+        PumaMedNetConfig(weight_map="magic")
+
+
+def test_classification_path_is_a_fifth_of_resnet18():
+    """The issue's budget: the classification path costs at most 1/5 of ResNet-18's parameters and
+    FLOPs at the same image size (64 px, default widths, 4 classes)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pumamed.net.baseline import ResNet18Classifier, ResNetConfig
+
+    ours = ClassificationPath(PumaMedNet(PumaMedNetConfig(image_size=64, num_classes=4, class_names=list("abcd"))))
+    resnet = ResNet18Classifier(ResNetConfig(image_size=64, num_classes=4, class_names=list("abcd")))
+    x = torch.rand(1, 1, 64, 64)
+
+    def flops(module):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(x)
+        return counter.get_total_flops()
+
+    assert count_parameters(ours) * 5 <= count_parameters(resnet)
+    assert flops(ours) * 5 <= flops(resnet)
