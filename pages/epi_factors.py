@@ -171,10 +171,11 @@ with guarded("Reading the indicators"):
     st.header("1 · Is factor analysis sensible here?")
     check = _adequacy(str(root), columns)
     c1, c2, c3 = st.columns(3)
-    c1.metric("KMO (overall)", f"{check.kmo:.3f}", check.kmo_label, delta_color="off")
-    c2.metric("Bartlett χ²", f"{check.bartlett_chi2:,.0f}", f"df = {check.bartlett_df}", delta_color="off")
-    c3.metric("Municipalities used", f"{check.n_rows:,}",
-              f"{check.n_dropped} dropped (missing values)" if check.n_dropped else "none dropped", delta_color="off")
+    c1.metric("KMO (overall)", f"{check.kmo:.3f}", check.kmo_label, delta_color="off", delta_arrow="off")
+    c2.metric("Bartlett χ²", f"{check.bartlett_chi2:,.0f}", f"df = {check.bartlett_df}", delta_color="off",
+              delta_arrow="off")
+    dropped = f"{check.n_dropped} dropped (missing values)" if check.n_dropped else "none dropped"
+    c3.metric("Municipalities used", f"{check.n_rows:,}", dropped, delta_color="off", delta_arrow="off")
     (st.success if check.suitable else st.warning)(check.verdict)
     with st.expander("KMO per indicator", expanded=is_presentation()):
         st.dataframe(check.table().assign(indicator=lambda t: t["indicator"].map(lambda n: labels.get(n, n))),
@@ -200,7 +201,8 @@ with guarded("Reading the indicators"):
     model = _model(str(root), columns, n_factors, method, rotation)
     if model.heywood_:
         st.warning("Heywood case: communality ≈ 1 for " + ", ".join(labels.get(c, c) for c in model.heywood_)
-                   + ". The solution is unreliable; try fewer factors or another extraction.", icon=":material/warning:")
+                   + ". The solution is unreliable; try fewer factors or another extraction.",
+                   icon=":material/warning:")
     left, right = st.columns([3, 2])
     left.plotly_chart(style_figure(_loadings_figure(model.loadings_, labels), base_height=60 + 42 * len(columns)),
                       width="stretch", key="fa_loadings")
@@ -237,9 +239,15 @@ with guarded("Reading the indicators"):
             "Spearman ρ": [valid[f].corr(valid[VALIDATION_VARIABLE], method="spearman") for f in factors],
         })
         best = validation.loc[validation["r with IM_2020"].abs().idxmax()]
+        # The reference a single general factor gives, whatever the settings above.
+        single = _scores(str(root), columns, 1, method, None)
+        single_r = single["F1"].corr(single[VALIDATION_VARIABLE])
         left, right = st.columns([2, 3])
         with left:
-            st.metric(f"{best['factor']} vs IM_2020 (Pearson r)", f"{best['r with IM_2020']:+.3f}")
+            m1, m2 = st.columns(2)
+            m1.metric(f"{best['factor']} vs IM_2020 (Pearson r)", f"{best['r with IM_2020']:+.3f}")
+            m2.metric("One factor vs IM_2020", f"{single_r:+.3f}",
+                      help=f"A single {METHOD_LABELS[method]} factor of the same indicators.")
             st.markdown(
                 "CONAPO's index grows with *less* marginalization, so a deprivation factor correlates "
                 "negatively. |r| ≥ 0.95 means the factor reproduces the official index."

@@ -103,7 +103,8 @@ def _correlation_figure(corr: pd.DataFrame, n: pd.DataFrame, labels: dict[str, s
     names = [labels.get(c, c) for c in corr.columns]
     fig = go.Figure(go.Heatmap(
         z=corr.to_numpy(), x=names, y=names, zmin=-1, zmax=1, zmid=0, colorscale="RdBu_r",
-        text=np.round(corr.to_numpy(), 2), texttemplate="%{text}", customdata=n.loc[corr.index, corr.columns].to_numpy(),
+        text=np.round(corr.to_numpy(), 2), texttemplate="%{text}",
+        customdata=n.loc[corr.index, corr.columns].to_numpy(),
         hovertemplate="%{y} × %{x}<br>r = %{z:.3f}<br>n = %{customdata:,}<extra></extra>",
         colorbar=dict(title="r"),
     ))
@@ -168,13 +169,16 @@ with guarded("Loading the air-quality data"):
         st.info(f"No station file holds a time series of {pollutant.label}.", icon=":material/info:")
     else:
         c1, c2 = st.columns([1, 2])
-        network = c1.radio("Network", networks, key="pol_network")
+        # RAMA's hourly files cover 2024 only: for other years the national monthly series is the relevant one.
+        preferred = 0 if year == 2024 or len(networks) == 1 else len(networks) - 1
+        network = c1.radio("Network", networks, index=preferred, key="pol_network")
         if network.startswith("RAMA"):
             resolution = c1.radio("Resolution", ["daily mean", "hourly"], horizontal=True, key="pol_resolution")
             series = _rama(str(root), key, "hourly" if resolution == "hourly" else "daily")
         else:
             monthly = _sinaica(str(root))
-            series = monthly.loc[(monthly["pollutant"] == key) & monthly["value"].notna(), ["station_key", "time", "value"]]
+            rows = (monthly["pollutant"] == key) & monthly["value"].notna()
+            series = monthly.loc[rows, ["station_key", "time", "value"]]
         ranked = series.groupby("station_key")["value"].count().sort_values(ascending=False)
         choices = ranked.index.tolist()
         chosen = c2.multiselect("Stations", choices, default=choices[:3], format_func=lambda s: names.get(s, s),

@@ -461,28 +461,28 @@ with guarded("Reconstructing"):
                                                    if k not in {"dataset", "split"}) if current.metadata else ""))
 
 base_code = current.code if current.code is not None else analysis.mu
-kl, order, kl_source = session.dimension_ranking()
+dataset_ref = (dataset.name, dataset.split) if dataset is not None else None
+MAP_DEFAULT_N = 600
 
-# ------------------------------------------------------------------------- dataset codes (map, KL, scale)
-map_codes = None
-if dataset is not None:
-    with guarded("Encoding the dataset"):
-        n_map = min(len(dataset), int(st.session_state.get("ie_map_n", min(len(dataset), 600))))
-        map_indices, map_mu, map_logvar = _encodings(path, stamp, dataset.name, dataset.split, str(data_dir()),
-                                                     n_map, 0)
-        map_codes = (map_indices, map_mu, map_logvar)
-        if session.kl_per_dim is None:
-            kl, order, kl_source = session.dimension_ranking((map_mu, map_logvar))
 
-tab_traverse, tab_mask, tab_map = st.tabs([":material/swap_horiz: Latent traversals",
-                                           ":material/ink_eraser: Masked reconstruction",
-                                           ":material/scatter_plot: Latent map"])
+def _dataset_codes(path: str, stamp: float, dataset_ref, n: int | None = None):
+    """(indices, mu, logvar) of a fixed random subset of the chosen split (cached by value)."""
+    name, split = dataset_ref
+    size = len(_dataset(name, split, _session(path, stamp).image_size, str(data_dir())))
+    n = min(size, int(n or st.session_state.get("ie_map_n", MAP_DEFAULT_N)))
+    return _encodings(path, stamp, name, split, str(data_dir()), n, 0)
+
+
+# Stateful tabs: only the open tab's section runs, so the page costs what is on screen.
+tabs = st.tabs([":material/swap_horiz: Latent traversals", ":material/ink_eraser: Masked reconstruction",
+                ":material/scatter_plot: Latent map"], key="ie_tab", on_change="rerun")
+tab_traverse, tab_mask, tab_map = tabs
 
 
 # ------------------------------------------------------------------------- 2. traversals
 @st.fragment
 def traversal_section(path: str, stamp: float, base: np.ndarray, kl: np.ndarray, order: np.ndarray, kl_source: str,
-                      dataset_sd: np.ndarray | None):
+                      dataset_ref: tuple | None):
     session = _session(path, stamp)
     latent_dim = session.latent_dim
     with _settings("Traversal settings"):
@@ -490,7 +490,7 @@ def traversal_section(path: str, stamp: float, base: np.ndarray, kl: np.ndarray,
         k = c1.number_input("Dimensions (rows)", 1, min(16, latent_dim), min(8, latent_dim), key="ie_k")
         steps = c2.number_input("Steps (columns)", 3, 21, 9, step=2, key="ie_steps")
         span = c3.number_input("Range ± sd", 0.5, 8.0, 3.0, 0.5, key="ie_span")
-        scale_choice = c4.selectbox("sd of", ["prior (1)", "dataset codes"] if dataset_sd is not None else ["prior (1)"],
+        scale_choice = c4.selectbox("sd of", ["prior (1)", "dataset codes"] if dataset_ref else ["prior (1)"],
                                     key="ie_scale", help="the unit of a step: the N(0,1) prior's sd, or the spread "
                                                          "of mu over the chosen dataset")
         ranked = [int(d) for d in order]
@@ -502,7 +502,9 @@ def traversal_section(path: str, stamp: float, base: np.ndarray, kl: np.ndarray,
     if not dims:
         st.info("Choose at least one dimension.", icon=":material/info:")
         return
-    scale = dataset_sd if (scale_choice == "dataset codes" and dataset_sd is not None) else None
+    scale = None
+    if scale_choice == "dataset codes" and dataset_ref:
+        scale = _dataset_codes(path, stamp, dataset_ref)[1].std(axis=0).astype(np.float32)
     labels = tuple(f"z{d} KL {kl[d]:.2f}" for d in dims)
     grid, png = _traversal(path, stamp, base, tuple(dims), int(steps), float(span), scale, labels)
     st.image(png, caption=f"{len(dims)} x {int(steps)} traversal grid: each row walks one dimension from "
@@ -544,10 +546,13 @@ def slider_section(path: str, stamp: float, base: np.ndarray, kl: np.ndarray, or
                       ("edited − original", images[1] - images[0], "signed")])
 
 
-with tab_traverse:
-    with guarded("Traversing the latent space"):
-        dataset_sd = map_codes[1].std(axis=0).astype(np.float32) if map_codes is not None else None
-        traversal_section(path, stamp, np.asarray(base_code, np.float32), kl, order, kl_source, dataset_sd)
+if tab_traverse.open:
+    with tab_traverse, guarded("Traversing the latent space"):
+        kl, order, kl_source = session.dimension_ranking()
+        if session.kl_per_dim is None and dataset_ref:  # no training statistics: rank on the dataset
+            _, ref_mu, ref_logvar = _dataset_codes(path, stamp, dataset_ref)
+            kl, order, kl_source = session.dimension_ranking((ref_mu, ref_logvar))
+        traversal_section(path, stamp, np.asarray(base_code, np.float32), kl, order, kl_source, dataset_ref)
         st.subheader("Edit the code")
         slider_section(path, stamp, np.asarray(base_code, np.float32), kl, order,
                        float(st.session_state.get("ie_span", 3.0)))
@@ -616,8 +621,8 @@ def mask_section(path: str, stamp: float, image: np.ndarray, lesion: np.ndarray 
                "set by its reconstruction quality.")
 
 
-with tab_mask:
-    with guarded("Masked reconstruction"):
+if tab_mask.open:
+    with tab_mask, guarded("Masked reconstruction"):
         mask_section(path, stamp, current.image, current.lesion_mask)
 
 
@@ -639,7 +644,7 @@ def map_section(path: str, stamp: float, name: str, split: str, current_code: np
     with _settings("Map settings"):
         c1, c2, c3, c4 = st.columns(4)
         n_total = len(dataset)
-        n = c1.number_input("Images", min(3, n_total), min(n_total, MAP_MAX_POINTS), min(n_total, 600), step=50,
+        n = c1.number_input("Images", min(3, n_total), min(n_total, MAP_MAX_POINTS), min(n_total, MAP_DEFAULT_N), step=50,
                             key="ie_map_n", help="a fixed random subset of the split")
         method = c2.selectbox("Projection", ["pca", "tsne"], key="ie_map_method",
                               format_func={"pca": "PCA", "tsne": "t-SNE"}.get)
@@ -648,7 +653,7 @@ def map_section(path: str, stamp: float, name: str, split: str, current_code: np
         colour = c3.selectbox("Colour by", fields, key="ie_map_colour")
         standardize = c4.toggle("Standardise dims", key="ie_map_std",
                                 help="unit variance per latent dimension before projecting")
-    indices, mu, _ = _encodings(path, stamp, name, split, str(data_dir()), int(n), 0)
+    indices, mu, _ = _dataset_codes(path, stamp, (name, split), int(n))
     embedding, axis_labels, dominant, placed = _projection(mu, method, bool(standardize),
                                                            np.asarray(current_code, np.float64)[None])
     meta = dataset.metadata.iloc[indices].reset_index(drop=True)
@@ -706,9 +711,11 @@ def map_section(path: str, stamp: float, name: str, split: str, current_code: np
             st.rerun()  # the whole page, not just this fragment
 
 
-with tab_map:
-    if dataset is None:
-        st.info("The latent map needs a dataset: none is available in the data directory.", icon=":material/info:")
-    else:
-        with guarded("Latent map"):
-            map_section(path, stamp, dataset.name, dataset.split, np.asarray(analysis.mu))
+if tab_map.open:
+    with tab_map:
+        if dataset is None:
+            st.info("The latent map needs a dataset: none is available in the data directory.",
+                    icon=":material/info:")
+        else:
+            with guarded("Latent map"):
+                map_section(path, stamp, dataset.name, dataset.split, np.asarray(analysis.mu))

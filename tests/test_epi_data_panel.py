@@ -79,8 +79,17 @@ def test_outcomes_in_the_panel(built, epi_root):
     assert lost == ["26999"]
     assert int(sonora["diabetes_deaths"].sum()) == 9039 - 4  # four diabetes deaths with municipality 999
     hermosillo = sonora[(sonora["CVEGEO"] == "26030") & (sonora["year"] == 2020)].iloc[0]
+    assert hermosillo["population_est"] == hermosillo["population"]  # 2020: the census itself
     assert hermosillo["diabetes_mortality_per_100k"] == pytest.approx(
         1e5 * hermosillo["diabetes_deaths"] / hermosillo["population"])
+    # Other years: the 2020 count scaled by Sonora's CONAPO projection (mid-year) relative to 2020.
+    from pumamed.epi.socio import read_state_projections
+
+    sonora_mid = read_state_projections(epi_root).query("CVE_ENT == '26'").set_index("year")["population_mid"]
+    h2017 = sonora[(sonora["CVEGEO"] == "26030") & (sonora["year"] == 2017)].iloc[0]
+    assert h2017["population_est"] == pytest.approx(936263 * sonora_mid[2017] / sonora_mid[2020])
+    assert h2017["diabetes_mortality_per_100k"] == pytest.approx(1e5 * h2017["diabetes_deaths"] / h2017["population_est"])
+    assert panel.loc[panel["year"] < 2010, "population_est"].isna().all()
     # 2021 COVID-19 extract only covers Baja California and Baja California Sur.
     covid21 = panel[panel["year"] == 2021]
     assert covid21.loc[covid21["state_code"].isin(["02", "03"]), "covid_diabetic_patients"].notna().all()
@@ -105,8 +114,11 @@ def test_quality_report(built):
     assert sources.loc["egresos", "status"] == "missing"
     assert (sources.drop(index="egresos")["status"] == "ok").all(), sources["message"].to_dict()
     unmatched = quality.unmatched
-    covid_lost = set(unmatched.loc[unmatched["source"] == "covid_2020", "CVEGEO"])
-    assert {"17056", "17063", "19066"} <= covid_lost
+    covid_lost = unmatched[unmatched["source"] == "covid_2020"]
+    assert {"17056", "17063", "19066"} <= set(covid_lost["CVEGEO"])
+    assert covid_lost["records"].sum() == 16  # patients whose residence code does not join
+    deaths_lost = unmatched[unmatched["source"] == "deaths_sonora"].set_index("CVEGEO")
+    assert deaths_lost.loc["26999", "records"] == 4  # diabetes deaths with unknown municipality
     assert unmatched["reason"].str.contains("xx999").any()
     missing = quality.missingness.set_index("name")
     assert missing.loc["ses_illiteracy_pct", "pct_missing"] == 0

@@ -93,6 +93,10 @@ def test_annual_means_and_completeness_rule(epi_root):
     assert rama.loc["RAMA:NEZ", "completeness"] < 0.5 and not rama.loc["RAMA:NEZ", "valid"]
     sinaica = annual[annual["network"] == "SINAICA"]
     assert ((sinaica["n_periods"] >= 9) | ~sinaica["valid"]).all()
+    # Poza Rica's PM2.5 (~100 ug/m3 a year, Delhi levels) passes the monthly checks but is flagged.
+    poza_rica = sinaica[(sinaica["station_key"] == "SINAICA:291") & (sinaica["year"] == 2019)].iloc[0]
+    assert poza_rica["valid"] and not poza_rica["plausible"]
+    assert annual.loc[annual["value"] <= 75, "plausible"].all()
     stricter = P.station_annual_means(epi_root, pollutants=["pm25"], min_year_fraction=0.9)
     assert stricter["valid"].sum() < annual["valid"].sum()
 
@@ -119,6 +123,8 @@ def test_municipal_exposure(epi_root):
     stations = P.load_stations(epi_root).set_index("station_key")
     # Every municipality is within the radius of a station it used.
     assert (exposure["nearest_km"] <= P.DEFAULT_RADIUS_KM).all()
+    used = P.municipal_exposure(epi_root, pollutants=["pm25"], years=2019)
+    assert used["value"].max() <= P.POLLUTANTS["pm25"].annual_max  # implausible station-years not used
     # IDW stays within the range of the station values of that year.
     year_values = annual.loc[annual["year"] == 2024, "value"]
     assert exposure["value"].between(year_values.min() - 1e-9, year_values.max() + 1e-9).all()

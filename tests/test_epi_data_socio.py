@@ -129,3 +129,12 @@ def test_code_helpers():
     with pytest.raises(DataError, match="not municipality codes"):
         normalize_cvegeo(["Nacional"])
     assert to_number([" 779 566", "—", "1,234.5", "-"]).tolist()[::2] == [779566.0, 1234.5]
+
+
+def test_state_projections(epi_root):
+    projections = socio.read_state_projections(epi_root)
+    assert projections["CVE_ENT"].nunique() == 32 and not projections.duplicated(["CVE_ENT", "year"]).any()
+    total_2020 = projections.loc[projections["year"] == 2020, "population_mid"].sum()
+    assert 125e6 < total_2020 < 131e6  # CONAPO's mid-2020 projection for Mexico
+    sonora = projections[(projections["CVE_ENT"] == "26")].set_index("year")["population_mid"]
+    assert sonora[2021] > sonora[2017]

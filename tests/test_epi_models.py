@@ -89,19 +89,25 @@ def test_zero_penalty_binomial_matches_statsmodels(epi_root):
     np.testing.assert_allclose(np.sqrt(np.diag(model.cov_params_)), ref.bse, rtol=1e-5)
 
 
-def test_lasso_path_matches_statsmodels_fit_regularized(simulated):
-    import statsmodels.api as sm
-
+@pytest.mark.parametrize("family, l1_ratio, adaptive", [("poisson", 1.0, False), ("negbin", 0.5, False),
+                                                       ("negbin", 1.0, True)])
+def test_path_solutions_satisfy_the_optimality_conditions(simulated, family, l1_ratio, adaptive):
+    """Every point of the path is the penalised optimum: the elastic-net KKT conditions hold.
+    (statsmodels' fit_regularized, the obvious reference, does not converge on these data.)"""
     X, y, pop = _xy(simulated)
-    X = X.iloc[:, :6]
-    path = pen.glm_path(X, y, exposure=pop, family="poisson", n_lambdas=8, lambda_min_ratio=1e-2)
-    Z = sm.add_constant((X - X.mean()) / X.std(ddof=0)).to_numpy(float)
-    glm = sm.GLM(y, Z, family=sm.families.Poisson(), offset=np.log(pop))
-    weights = np.r_[0.0, np.ones(X.shape[1])]
-    for k in (2, 5):
-        ref = glm.fit_regularized(method="elastic_net", alpha=path.lambdas[k] * weights, L1_wt=1.0,
-                                  maxiter=500, cnvrg_tol=1e-12).params
-        np.testing.assert_allclose(path.coefs[k], ref[1:], atol=2e-4)
+    path = pen.glm_path(X, y, exposure=pop, family=family, l1_ratio=l1_ratio, n_lambdas=12, adaptive=adaptive)
+    pf = None
+    if adaptive:
+        prob, _ = pen._make_problem(family, X.to_numpy(float), y, np.log(pop), None, path.dispersion)
+        pf = pen.adaptive_weights(prob)
+    scale = np.abs(pen.score_vector(*pen._make_problem(family, X.to_numpy(float), y, np.log(pop), None,
+                                                         path.dispersion)[:1], path.intercepts[0],
+                                     np.zeros(X.shape[1]))).max()
+    for k in range(len(path.lambdas)):
+        violation = pen.kkt_violation(X, y, path.intercepts[k], path.coefs[k], path.lambdas[k], l1_ratio,
+                                      exposure=pop, family=family, dispersion=path.dispersion, penalty_factor=pf)
+        assert violation <= 1e-4 * scale, (k, violation)
+    assert np.all(path.coefs[0] == 0)
 
 
 # ---------------------------------------------------------------- path, CV, stability, VIF
@@ -195,8 +201,12 @@ def test_boosting_offset_and_shap_additivity(booster):
     assert fitted.sum() == pytest.approx(y.sum(), rel=0.05)  # the offset carries the population
     values, expected = boost.shap_values(model, X)
     np.testing.assert_allclose(values.sum(axis=1) + expected, model.raw_score(X), atol=1e-8)
-    top = boost.shap_importance(values).index[:4]
-    assert len(set(top) & {name for name, _ in PLANTED}) >= 3
+    importance = boost.shap_importance(values)
+    planted = [name for name, _ in PLANTED]
+    # Trees share credit with correlated nulls (schooling with illiteracy, ...), so no exact
+    # ranking is promised; but the 4 planted of 19 covariates carry far more than a 4/19 share.
+    assert importance[planted].sum() / importance.sum() > 0.4
+    assert set(importance.index[:2]) <= set(planted)
 
 
 def test_lightgbm_treeshap_equals_shap_tree_explainer(booster):

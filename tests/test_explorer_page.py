@@ -21,6 +21,8 @@ from streamlit.testing.v1 import AppTest
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "pages/image_explorer.py"
 TIMEOUT = 180
+MASK_TAB = ":material/ink_eraser: Masked reconstruction"
+MAP_TAB = ":material/scatter_plot: Latent map"
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +86,11 @@ def test_dataset_image_slider_and_mask(monkeypatch, tiny_models, imaging_root):
     _ok(at)
     assert next(s for s in at.slider if s.key == first.key).value == 2.0
 
+    # the mask tab (stateful tabs: only the open one runs)
+    assert not [s for s in at.slider if s.key == "ie_mask_x0"]
+    at.session_state["ie_tab"] = MASK_TAB
+    at.run()
+    _ok(at)
     # place a mask: x 10-40 % of 64 px -> columns 6..25 (20), y 20-50 % -> rows 13..31 (19)
     at.slider(key="ie_mask_x0").set_value((10, 40))
     at.slider(key="ie_mask_y0").set_value((20, 50))
@@ -106,6 +113,27 @@ def test_dataset_image_slider_and_mask(monkeypatch, tiny_models, imaging_root):
     at.run()
     _ok(at)
     assert any("benign" in c.value for c in at.caption if c.value.startswith("mini_mias"))
+
+    # latent map coloured by a metadata field; picking an image from the list shows it
+    at.session_state["ie_tab"] = MAP_TAB
+    at.run()
+    _ok(at)
+    assert at.selectbox(key="ie_map_colour").value == "class"
+    at.selectbox(key="ie_map_colour").set_value("density")
+    at.run()
+    _ok(at)
+    pick = next(s for s in at.selectbox if s.key and s.key.startswith("ie_map_pick"))
+    last = int(pick.options[-1].split()[0].lstrip("#"))  # options read "#<index> · <class>"
+    pick.set_value(last)
+    at.run()
+    _ok(at)
+    at.button(key="ie_map_use").click()
+    at.run()
+    _ok(at)
+    # the picked image becomes the page's image, with the filters cleared so it is reachable
+    assert not at.multiselect(key="ie_classes").value
+    assert at.number_input(key="ie_position").value == last + 1
+    assert any(c.value.startswith(f"mini_mias · val #{last} ") for c in at.caption)
 
 
 def test_uploads_bad_and_good_and_prior(monkeypatch, tiny_models):

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 from pumamed.datacheck import BROKEN, MISSING, OK
 from pumamed.imaging import DATASETS
 from pumamed.imaging.check import reports
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_reports_cover_every_imaging_dataset_with_split_and_class_counts(data_root):
@@ -41,11 +32,18 @@ def test_missing_and_broken_datasets_are_reported(tmp_path):
     assert found["mini_mias"].status == MISSING
 
 
-def test_data_check_cli_lists_imaging_datasets(data_root):
-    env = dict(os.environ, PUMAMED_DATA_DIR=str(data_root), OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "pumamed", "data", "check", "--json"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
-    payload = json.loads(result.stdout)
+def test_data_check_cli_lists_imaging_datasets(data_root, monkeypatch, capsys):
+    """The real CLI entry point (in-process, imaging domain only, so other domains' checks do
+    not slow this test down)."""
+    from pumamed import datacheck
+    from pumamed.cli import main
+
+    monkeypatch.setattr(datacheck, "DOMAIN_CHECK_MODULES", ("pumamed.imaging.check",))
+    assert main(["data", "check", "--data-dir", str(data_root), "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
     imaging = {d["name"]: d for d in payload["datasets"] if d["group"] == "imaging"}
     assert set(imaging) == set(DATASETS) and all(d["status"] == OK for d in imaging.values())
     assert imaging["busi"]["counts"]["images"] == 624
+    assert main(["data", "check", "--data-dir", str(data_root)]) == 0
+    text = capsys.readouterr().out
+    assert "brain_tumor_mri" in text and "train/glioma=" in text and "6 ok, 0 broken" in text

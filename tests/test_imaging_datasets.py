@@ -120,8 +120,8 @@ def test_pixels_match_a_direct_pil_decode(data_root):
     for i in (0, 10, 500):
         direct = np.asarray(Image.open(ds.metadata["path"][i]).convert("L"))
         assert np.array_equal(ds.uint8_images()[i], direct)
-    busi = load_dataset("busi", split="all", size=64, data_dir=data_root)
-    direct = np.asarray(Image.open(busi.metadata["path"][3]).convert("L").resize((64, 64), Image.Resampling.BILINEAR))
+    busi = load_dataset("busi", split="all", size=SIZE, data_dir=data_root)
+    direct = np.asarray(Image.open(busi.metadata["path"][3]).convert("L").resize((SIZE, SIZE), Image.Resampling.BILINEAR))
     assert np.abs(busi.uint8_images()[3].astype(int) - direct.astype(int)).max() <= 1
 
 
@@ -152,8 +152,8 @@ def test_mini_mias_lesion_masks_and_density(data_root):
 
 
 def test_cache_is_shared_and_epochs_do_not_decode(data_root, monkeypatch):
-    first = load_dataset("busi", split="train", size=48, data_dir=data_root).preload()
-    second = load_dataset("busi", split="train", size=48, data_dir=data_root)
+    first = load_dataset("busi", split="train", size=SIZE, data_dir=data_root).preload()
+    second = load_dataset("busi", split="train", size=SIZE, data_dir=data_root)
     assert second._store is first._store
 
     def fail(*_):
@@ -168,11 +168,11 @@ def test_cache_is_shared_and_epochs_do_not_decode(data_root, monkeypatch):
 def test_disk_cache_round_trip(data_root, tmp_path):
     from pumamed.imaging import clear_image_cache
 
-    ds = load_dataset("mini_mias", split="all", size=40, data_dir=data_root, cache_dir=tmp_path).preload()
-    files = list(tmp_path.glob("mini_mias_40_*.npy"))
+    ds = load_dataset("breastmnist", split="all", size=40, data_dir=data_root, cache_dir=tmp_path).preload()
+    files = list(tmp_path.glob("breastmnist_40_*.npy"))
     assert len(files) == 1
     clear_image_cache()
-    again = load_dataset("mini_mias", split="all", size=40, data_dir=data_root, cache_dir=tmp_path)
+    again = load_dataset("breastmnist", split="all", size=40, data_dir=data_root, cache_dir=tmp_path)
     assert again._store.decoded.all() and np.array_equal(again.uint8_images(), ds.uint8_images())
 
 

@@ -44,7 +44,7 @@ class OffsetBoosting(RegressorMixin, BaseEstimator):
     ``feature_names_in_``, ``feature_importances_`` (total gain).
     """
 
-    def __init__(self, family="poisson", n_estimators=300, learning_rate=0.08, num_leaves=15,
+    def __init__(self, family="poisson", n_estimators=250, learning_rate=0.1, num_leaves=15,
                  min_child_samples=20, subsample=0.8, colsample_bytree=0.8, reg_lambda=1.0,
                  early_stopping_rounds=25, validation_fraction=0.2, random_state=0, n_jobs=1):
         self.family = family

@@ -11,12 +11,10 @@ Derived artefacts (rebuilt polygons, simplified geometry) are cached on disk in
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pumamed.errors import DataError
@@ -206,13 +204,3 @@ def read_bytes(path_or_buffer) -> tuple[bytes, str]:
     if isinstance(data, str):
         data = data.encode("utf-8")
     return data, str(name)
-
-
-def read_csv_text(text: str, **kwargs) -> pd.DataFrame:
-    return pd.read_csv(io.StringIO(text), **kwargs)
-
-
-def finite_or_nan(values) -> np.ndarray:
-    arr = np.asarray(values, dtype=float)
-    arr[~np.isfinite(arr)] = np.nan
-    return arr

@@ -247,8 +247,13 @@ def _geometry_arrays(geometry, decimals: int) -> dict:
     point-by-point tuples of ``shapely.geometry.mapping``.
     """
     import shapely
+    from shapely.geometry.polygon import orient
 
     def rings(polygon):
+        # d3-geo (plotly's geo renderer) reads rings by their winding on the sphere: an
+        # anticlockwise shell is "the whole globe minus this polygon" and floods the map. So
+        # shells go clockwise and holes anticlockwise (the reverse of RFC 7946; MapLibre accepts both).
+        polygon = orient(polygon, sign=-1.0)
         return [np.round(np.asarray(polygon.exterior.coords), decimals)] + [
             np.round(np.asarray(r.coords), decimals) for r in polygon.interiors
         ]

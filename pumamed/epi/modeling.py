@@ -269,6 +269,28 @@ def _log_skewed(X: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     return out, done
 
 
+def simulate_from_spec(spec: ModelSpec):
+    """Draw the simulated outcome of ``spec`` from the real covariates of the panel's cross-section.
+
+    Returns (SimulatedOutcome, complete rows, covariates as simulated, covariate names,
+    transforms, planted effects, rows dropped, year)."""
+    from pumamed.epi import simulate
+
+    section, year = _cross_section(spec.data_dir, [], spec.year or 2020)
+    covariates = _resolve_covariates(spec, section)
+    base = section[["CVEGEO", "population"] + covariates]
+    complete = base.dropna()
+    complete = complete[complete["population"] > 0]
+    n_dropped = len(base) - len(complete)
+    X, transformed = _log_skewed(complete[covariates]) if spec.log_skewed else (complete[covariates], {})
+    effects = dict(spec.sim_effects) or simulate.default_effects(covariates, spec.sim_n_planted, spec.sim_seed)
+    sim = simulate.simulate_outcome(
+        X, complete["population"], effects=effects, baseline_rate=spec.sim_baseline_rate,
+        dispersion=spec.sim_dispersion, severity_effects=dict(spec.sim_severity_effects),
+        severity_baseline=spec.sim_severity_baseline, codes=complete["CVEGEO"], seed=spec.sim_seed)
+    return sim, complete, X, covariates, transformed, effects, n_dropped, year
+
+
 @dataclass
 class Design:
     frame: pd.DataFrame  # CVEGEO + y + exposure/trials + covariates (complete rows)
@@ -295,18 +317,7 @@ def build_design(spec: ModelSpec) -> Design:
 
     truth = None
     if spec.outcome == SIMULATED:
-        section, year = _cross_section(spec.data_dir, [], spec.year or 2020)
-        covariates = _resolve_covariates(spec, section)
-        base = section[["CVEGEO", "population"] + covariates]
-        complete = base.dropna()
-        complete = complete[complete["population"] > 0]
-        n_dropped = len(base) - len(complete)
-        X, transformed = _log_skewed(complete[covariates]) if spec.log_skewed else (complete[covariates], {})
-        effects = dict(spec.sim_effects) or simulate.default_effects(covariates, spec.sim_n_planted, spec.sim_seed)
-        sim = simulate.simulate_outcome(
-            X, complete["population"], effects=effects, baseline_rate=spec.sim_baseline_rate,
-            dispersion=spec.sim_dispersion, severity_effects=dict(spec.sim_severity_effects),
-            severity_baseline=spec.sim_severity_baseline, codes=complete["CVEGEO"], seed=spec.sim_seed)
+        sim, complete, X, covariates, transformed, effects, n_dropped, year = simulate_from_spec(spec)
         frame = pd.DataFrame({"CVEGEO": complete["CVEGEO"].to_numpy()})
         if severity:
             frame["y"] = sim.data[simulate.SEVERE_COLUMN].to_numpy()
@@ -318,6 +329,12 @@ def build_design(spec: ModelSpec) -> Design:
         frame["population"] = complete["population"].to_numpy(float)
         for c in covariates:
             frame[c] = X[c].to_numpy(float)
+        if severity:
+            no_cases = frame["trials"] <= 0
+            if no_cases.any():
+                notes.append(f"{int(no_cases.sum())} municipalities without simulated cases left out (no denominator)")
+                frame = frame[~no_cases]
+                n_dropped += int(no_cases.sum())
         truth = sim.truth
         notes.append(f"simulated from the real {year} covariates: planted IRRs per SD "
                      + ", ".join(f"{k} {v:.3g}" for k, v in effects.items())

@@ -61,8 +61,9 @@ class PanelSource:
 
     ``load(root)`` returns a table with ``CVEGEO`` (and ``year`` when ``time_varying``) and the
     columns named in ``variables[i].raw``. ``coverage`` says which municipalities the source is
-    meant to cover: ``'national'`` or a tuple of 2-digit state codes (e.g. Sonora-only deaths),
-    so that absent municipalities inside the coverage become 0 for counts and outside stay NaN.
+    meant to cover: ``'national'``, a tuple of 2-digit state codes, or ``'listed'`` (the states
+    present in the table, e.g. Sonora for the Sonora death records), so that absent
+    municipalities inside the coverage become 0 for the ``fill_zero`` counts and stay NaN outside.
     """
 
     key: str
@@ -72,7 +73,6 @@ class PanelSource:
     time_varying: bool = False
     coverage: str | tuple[str, ...] = "national"
     fill_zero: tuple[str, ...] = ()  # count columns where "not listed" means zero within coverage
-    coverage_from: str | None = None  # column of the loaded table listing covered states, if dynamic
     fill_value: dict = field(default_factory=dict)  # column -> value for rows the source does not list
     records_column: str | None = None  # loader column counting underlying records (patients, deaths)
 
@@ -335,7 +335,8 @@ def variable_catalog() -> pd.DataFrame:
              "unit": "", "source": _INEGI_GEO, "year": "2020", "kind": "text"},
             {"name": "year", "group": "geography", "label": "Year", "unit": "", "source": "panel",
              "year": "", "kind": "text"}]
-    variables = [v for source in panel_sources() for v in source.variables] + [d[0] for d in DERIVED]
+    variables = ([v for source in panel_sources() for v in source.variables] + [POPULATION_ESTIMATE]
+                 + [d[0] for d in DERIVED])
     for var in variables:
         rows.append({"name": var.name, "group": var.group, "label": var.label, "unit": var.unit,
                      "source": var.source, "year": var.year, "kind": var.kind})
@@ -443,8 +444,6 @@ def assemble(root: Path, sources: list[PanelSource]) -> tuple[pd.DataFrame, Pane
             status_rows.append({**base, "status": "error", "message": f"loader lacks columns {missing_cols}"})
             continue
         keep = ["CVEGEO", "year"] if source.time_varying else ["CVEGEO"]
-        if source.coverage_from and source.coverage_from in table.columns:
-            keep = keep + [source.coverage_from]
         frame = table[keep + raw_cols].rename(columns={v.raw: v.name for v in source.variables})
         codes = frame["CVEGEO"].dropna().unique()
         unmatched = sorted(set(codes) - ref_set)
@@ -478,8 +477,7 @@ def assemble(root: Path, sources: list[PanelSource]) -> tuple[pd.DataFrame, Pane
         if dup.any():
             notes.append(f"{source.key}: {dup.sum()} duplicated codes dropped (first kept)")
             frame = frame[~dup]
-        panel = panel.merge(frame.drop(columns=[c for c in frame.columns if c == source.coverage_from]),
-                            on="CVEGEO", how="left")
+        panel = panel.merge(frame, on="CVEGEO", how="left")
     for source, frame in varying_parts:
         frame = frame.assign(year=frame["year"].astype(int))
         dup = frame.duplicated(KEY)
@@ -487,7 +485,7 @@ def assemble(root: Path, sources: list[PanelSource]) -> tuple[pd.DataFrame, Pane
             notes.append(f"{source.key}: {dup.sum()} duplicated (code, year) rows dropped (first kept)")
             frame = frame[~dup]
         covered_states = _covered_states(source, frame)
-        value_frame = frame.drop(columns=[c for c in frame.columns if c == source.coverage_from])
+        value_frame = frame
         # Two sources may feed the same columns for different years/states (the 2020 and 2021
         # COVID-19 releases): values already present win, the new source fills the gaps.
         shared = [c for c in value_frame.columns if c not in KEY and c in panel.columns]
@@ -512,14 +510,14 @@ def assemble(root: Path, sources: list[PanelSource]) -> tuple[pd.DataFrame, Pane
         panel = pd.concat([panel, filler], axis=1)
     ordered = KEY + [v.name for s in sources for v in s.variables if v.name not in KEY]
     panel = panel[list(dict.fromkeys(ordered))].sort_values(KEY).reset_index(drop=True)
-    panel = _derive(panel, notes)
+    panel = _derive(panel, notes, root)
 
     quality = PanelQuality(
         sources=pd.DataFrame(status_rows, columns=["source", "label", "status", "rows", "codes", "joined",
                                                    "unmatched", "municipalities_with_data", "coverage_pct",
                                                    "years", "message"]),
-        missingness=_missingness(panel, [*sources, PanelSource("derived", "derived rates", lambda root: None,
-                                                               tuple(d[0] for d in DERIVED))]),
+        missingness=_missingness(panel, [*sources, PanelSource(
+            "derived", "derived rates", lambda root: None, (POPULATION_ESTIMATE, *(d[0] for d in DERIVED)))]),
         unmatched=pd.DataFrame(unmatched_rows, columns=["source", "CVEGEO", "reason", "rows", "records"]),
         n_municipalities=len(reference), years=years, notes=notes,
     )
@@ -576,30 +574,54 @@ def _unmatched_reason(code: str) -> str:
 
 
 # Rates computed once, so that every page and model uses the same definition. The denominator is
-# the 2020 census population for every year (no municipal intercensal estimates are in the data):
-# a few percent off for 2017-2019, stated in the catalogue label.
+# ``population_est``: the 2020 census population of the municipality scaled, year by year, by its
+# state's CONAPO mid-year projection relative to 2020 (no municipal intercensal series is in the
+# data). Without the projections file it is the 2020 census population itself.
+POPULATION_ESTIMATE = Variable(
+    "population_est", "population", "Population estimate for the year (census 2020 x state projection ratio)",
+    "persons", "derived: INEGI census 2020 x CONAPO state projections", "2010-2024", "continuous")
 DERIVED: tuple[tuple[Variable, str, float], ...] = (
     (Variable("diabetes_mortality_per_100k", "outcome",
-              "Diabetes deaths per 100,000 inhabitants (crude; 2020 census population)", "per 100,000",
-              "derived: diabetes_deaths / population", "2017-2021", "continuous"), "diabetes_deaths", 1e5),
+              "Diabetes deaths per 100,000 inhabitants (crude)", "per 100,000",
+              "derived: diabetes_deaths / population_est", "2017-2021", "continuous"), "diabetes_deaths", 1e5),
     (Variable("covid_diabetic_patients_per_100k", "outcome",
-              "Diabetic COVID-19 patients per 100,000 inhabitants (2020 census population)", "per 100,000",
-              "derived: covid_diabetic_patients / population", "2020,2021", "continuous"),
+              "Diabetic COVID-19 patients per 100,000 inhabitants", "per 100,000",
+              "derived: covid_diabetic_patients / population_est", "2020,2021", "continuous"),
      "covid_diabetic_patients", 1e5),
-    (Variable("deaths_all_causes_per_1000", "outcome", "Deaths (all causes, 2019) per 1,000 inhabitants",
-              "per 1,000", "derived: deaths_all_causes / population", "2019", "continuous"),
+    (Variable("deaths_all_causes_per_1000", "outcome", "Deaths (all causes) per 1,000 inhabitants",
+              "per 1,000", "derived: deaths_all_causes / population_est", "2019", "continuous"),
      "deaths_all_causes", 1e3),
 )
 
 
-def _derive(panel: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    population = panel["population"].astype(float) if "population" in panel else None
-    derived = {}
+def _population_estimate(panel: pd.DataFrame, root: Path, notes: list[str]) -> pd.Series:
+    population = panel["population"].astype(float) if "population" in panel else pd.Series(np.nan, index=panel.index)
+    try:
+        from pumamed.epi.socio import read_state_projections
+
+        projections = read_state_projections(root)
+    except DataError as exc:
+        notes.append(f"population_est = census 2020 population for every year ({exc})")
+        return population
+    mid = projections.set_index(["CVE_ENT", "year"])["population_mid"]
+    base = projections[projections["year"] == REFERENCE_YEAR].set_index("CVE_ENT")["population_mid"]
+    keys = pd.MultiIndex.from_arrays([panel["CVEGEO"].str[:2], panel["year"].astype(int)])
+    ratio = mid.reindex(keys).to_numpy() / base.reindex(panel["CVEGEO"].str[:2]).to_numpy()
+    # Scaling a 2020 count by its state's growth is fair for a decade around 2020, not for 1990
+    # (fast-growing cities would be overstated by half): no estimate outside that window.
+    near = panel["year"].between(REFERENCE_YEAR - 10, REFERENCE_YEAR + 10).to_numpy()
+    return population * pd.Series(np.where(near, ratio, np.nan), index=panel.index)
+
+
+def _derive(panel: pd.DataFrame, notes: list[str], root: Path) -> pd.DataFrame:
+    estimate = _population_estimate(panel, root, notes)
+    derived = {POPULATION_ESTIMATE.name: estimate}
+    denominator = estimate.where(estimate > 0)
     for variable, numerator, scale in DERIVED:
-        if population is None or numerator not in panel:
+        if numerator not in panel:
             derived[variable.name] = pd.Series(np.nan, index=panel.index)
         else:
-            derived[variable.name] = scale * panel[numerator].astype(float) / population.where(population > 0)
+            derived[variable.name] = scale * panel[numerator].astype(float) / denominator
     return pd.concat([panel, pd.DataFrame(derived, index=panel.index)], axis=1)
 
 

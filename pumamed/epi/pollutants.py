@@ -23,7 +23,9 @@ Harmonisation (all documented in the ``flag`` column of :func:`load_sinaica_mont
 
 Annual station means need enough data (:func:`station_annual_means`): RAMA days count when at
 least 18 of 24 hours are valid, years when >= 75 % of days are valid and every quarter has >= 50 %
-of its days; SINAICA years need >= 9 valid months with every quarter represented.
+of its days; SINAICA years need >= 9 valid months with every quarter represented. Annual means
+above a credible maximum (:attr:`Pollutant.annual_max`) are flagged ``plausible=False`` and not
+used for exposure.
 
 Municipal exposure (:func:`municipal_exposure`), per municipality, year and pollutant: the mean
 of the stations *inside* the municipality if there are any (``coverage='in_municipality'``), else an
@@ -70,18 +72,23 @@ class Pollutant:
     rama_file: str | None
     sinaica_column: str | None
     sinaica_factor: float  # multiply SINAICA values by this to get ``unit``
+    # Highest credible *annual* mean: about three times the highest annual means published for
+    # Mexican cities. Station-years above it (instrument faults that survive the monthly checks,
+    # e.g. Poza Rica PM2.5 ~100 µg/m³) are kept in the table but flagged not plausible.
+    annual_max: float = float("inf")
 
 
 POLLUTANTS: dict[str, Pollutant] = {p.key: p for p in (
-    Pollutant("pm25", "PM2.5", "µg/m³", "pm25_ugm3", (1.0, 150.0), "2024PM25.csv", "PM2.5", 1.0),
-    Pollutant("pm10", "PM10", "µg/m³", "pm10_ugm3", (3.0, 300.0), "2024PM10.csv", "PM10", 1.0),
-    Pollutant("pmco", "Coarse PM (PM10-PM2.5)", "µg/m³", "pmco_ugm3", (0.5, 250.0), "2024PMCO.csv", None, 1.0),
-    Pollutant("o3", "Ozone", "ppb", "o3_ppb", (2.0, 120.0), "2024O3.csv", "O3", 1000.0),
-    Pollutant("no", "Nitric oxide", "ppb", "no_ppb", (0.1, 300.0), "2024NO.csv", None, 1000.0),
-    Pollutant("no2", "Nitrogen dioxide", "ppb", "no2_ppb", (1.0, 150.0), "2024NO2.csv", "NO2", 1000.0),
-    Pollutant("nox", "Nitrogen oxides", "ppb", "nox_ppb", (1.0, 400.0), "2024NOX.csv", "NOx", 1000.0),
-    Pollutant("so2", "Sulphur dioxide", "ppb", "so2_ppb", (0.1, 200.0), "2024SO2.csv", None, 1000.0),
-    Pollutant("co", "Carbon monoxide", "ppm", "co_ppm", (0.05, 10.0), "2024CO.csv", "CO", 1.0),
+    Pollutant("pm25", "PM2.5", "µg/m³", "pm25_ugm3", (1.0, 150.0), "2024PM25.csv", "PM2.5", 1.0, annual_max=75.0),
+    Pollutant("pm10", "PM10", "µg/m³", "pm10_ugm3", (3.0, 300.0), "2024PM10.csv", "PM10", 1.0, annual_max=150.0),
+    Pollutant("pmco", "Coarse PM (PM10-PM2.5)", "µg/m³", "pmco_ugm3", (0.5, 250.0), "2024PMCO.csv", None, 1.0,
+              annual_max=100.0),
+    Pollutant("o3", "Ozone", "ppb", "o3_ppb", (2.0, 120.0), "2024O3.csv", "O3", 1000.0, annual_max=80.0),
+    Pollutant("no", "Nitric oxide", "ppb", "no_ppb", (0.1, 300.0), "2024NO.csv", None, 1000.0, annual_max=150.0),
+    Pollutant("no2", "Nitrogen dioxide", "ppb", "no2_ppb", (1.0, 150.0), "2024NO2.csv", "NO2", 1000.0, annual_max=80.0),
+    Pollutant("nox", "Nitrogen oxides", "ppb", "nox_ppb", (1.0, 400.0), "2024NOX.csv", "NOx", 1000.0, annual_max=200.0),
+    Pollutant("so2", "Sulphur dioxide", "ppb", "so2_ppb", (0.1, 200.0), "2024SO2.csv", None, 1000.0, annual_max=80.0),
+    Pollutant("co", "Carbon monoxide", "ppm", "co_ppm", (0.05, 10.0), "2024CO.csv", "CO", 1.0, annual_max=5.0),
 )}
 
 
@@ -311,7 +318,8 @@ def station_annual_means(data_dir=None, pollutants=None, *, min_day_hours: int =
 
     Columns: ``station_key, network, year, pollutant, value, unit, n_periods`` (valid days for
     RAMA, valid months for SINAICA), ``completeness`` (share of the year covered), ``valid``
-    (meets the rule), ``lon, lat``. ``valid_only=True`` drops years failing the rule.
+    (meets the rule), ``plausible`` (at most :attr:`Pollutant.annual_max`), ``lon, lat``.
+    ``valid_only=True`` drops years failing the rule.
     """
     keys = _check_pollutants(pollutants)
     root = str(epi_dir(data_dir))
@@ -338,6 +346,7 @@ def _annual(root: str, min_day_hours: int, min_year_fraction: float, min_quarter
     if not parts:
         raise DataError(f"no pollutant measurements found under {root} (rama_cdmx_2024_hourly/, sinaica_stations_monthly/)")
     annual = pd.concat(parts, ignore_index=True)
+    annual["plausible"] = annual["value"] <= annual["pollutant"].map({k: p.annual_max for k, p in POLLUTANTS.items()})
     stations = _stations(root)[["station_key", "lon", "lat"]]
     annual = annual.merge(stations, on="station_key", how="left")
     no_coords = annual["lon"].isna()
@@ -412,7 +421,7 @@ def idw(distances_km: np.ndarray, values: np.ndarray, radius_km: float, power: f
 
 def municipal_exposure(data_dir=None, pollutants=None, years=None, *, radius_km: float = DEFAULT_RADIUS_KM,
                        power: float = DEFAULT_POWER, method: str = "hybrid") -> pd.DataFrame:
-    """Annual exposure per municipality, year and pollutant from valid annual station means.
+    """Annual exposure per municipality, year and pollutant from valid, plausible annual station means.
 
     ``method='hybrid'`` (default): stations inside the municipality if any, else IDW within
     ``radius_km`` of the centroid; ``'idw'``: IDW for every municipality. Output columns:
@@ -438,7 +447,7 @@ def _exposure(root: str, keys: tuple, radius_km: float, power: float, method: st
     from pumamed.epi.geometry import EQUAL_AREA_CRS, load_municipalities
 
     annual = _annual(root, MIN_DAY_HOURS, MIN_YEAR_FRACTION, MIN_QUARTER_FRACTION, MIN_MONTHS)
-    annual = annual[annual["valid"] & annual["pollutant"].isin(keys) & annual["lon"].notna()]
+    annual = annual[annual["valid"] & annual["plausible"] & annual["pollutant"].isin(keys) & annual["lon"].notna()]
     muni = load_municipalities(root)
     centroids = muni.geometry.to_crs(EQUAL_AREA_CRS).centroid.to_crs(muni.crs)
     m_lon, m_lat = centroids.x.to_numpy(), centroids.y.to_numpy()

@@ -28,27 +28,25 @@ def run(args) -> int:
 
     from pumamed.epi import simulate
     from pumamed.epi.model_cli import parse_effects
-    from pumamed.epi.modeling import ModelSpec, build_design
+    from pumamed.epi.modeling import ModelSpec, simulate_from_spec
 
     spec = ModelSpec(outcome="simulated", covariates=tuple(args.covariates) if args.covariates else None,
                      sim_effects=parse_effects(args.effects), sim_severity_effects=parse_effects(args.severity_effects),
                      sim_n_planted=args.n_planted, sim_baseline_rate=args.baseline_rate,
                      sim_dispersion=args.dispersion, sim_severity_baseline=args.severity_baseline,
                      sim_seed=args.seed, log_skewed=not args.no_log_skewed, data_dir=args.data_dir)
-    design = build_design(spec)
-    sev = build_design(ModelSpec(**{**spec.__dict__, "severity_denominator": simulate.COUNT_COLUMN}))
-    table = design.frame.rename(columns={"y": simulate.COUNT_COLUMN})
-    table.insert(3, simulate.SEVERE_COLUMN, sev.frame["y"].to_numpy())
+    sim, _, _, _, transformed, _, _, _ = simulate_from_spec(spec)
+    table = sim.data
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out, index=False)
     truth = {
-        "planted_irr_per_sd": {r.variable: r.irr_per_sd for r in design.truth.itertuples() if r.planted},
-        "planted_severity_or_per_sd": {r.variable: r.severity_or_per_sd for r in design.truth.itertuples()
+        "planted_irr_per_sd": {r.variable: r.irr_per_sd for r in sim.truth.itertuples() if r.planted},
+        "planted_severity_or_per_sd": {r.variable: r.severity_or_per_sd for r in sim.truth.itertuples()
                                        if r.severity_planted},
-        "null_covariates": [r.variable for r in design.truth.itertuples() if not r.planted],
+        "null_covariates": [r.variable for r in sim.truth.itertuples() if not r.planted],
         "covariates_scale": "per standard deviation over the simulated municipalities (after log1p where noted)",
-        "transformed": design.transformed, "baseline_rate": args.baseline_rate, "dispersion": args.dispersion,
+        "transformed": transformed, "baseline_rate": args.baseline_rate, "dispersion": args.dispersion,
         "severity_baseline": args.severity_baseline, "seed": args.seed, "rows": int(len(table)), "out": str(out),
     }
     truth_path = out.with_suffix(".truth.json")

@@ -444,6 +444,32 @@ def read_census_population_history(data_dir=None) -> pd.DataFrame:
     return wide[["CVEGEO", "year", "total", "hombres", "mujeres"]].sort_values(["CVEGEO", "year"]).reset_index(drop=True)
 
 
+PROJECTIONS = Path("inegi_mg_catalogs_isaacarroyov") / "conapo_pob_ent_gender_1950_2070.csv"
+
+
+def read_state_projections(data_dir=None) -> pd.DataFrame:
+    """CONAPO state population projections 1950-2070 (total of both sexes):
+    ``CVE_ENT, year, population_start, population_mid`` (1 January and mid-year)."""
+    return _projections(str(epi_dir(data_dir))).copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _projections(root: str) -> pd.DataFrame:
+    path = require_file(Path(root) / PROJECTIONS, "CONAPO state population projections")
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    _require_columns(raw, ["n_year", "cve_ent", "genero", "pob_start_year", "pob_mid_year"], path.name)
+    total = raw[(raw["genero"].str.strip().str.lower() == "total") & (raw["cve_ent"].str.strip().str.lstrip("0") != "")]
+    out = pd.DataFrame({
+        "CVE_ENT": total["cve_ent"].str.strip().str.zfill(2).to_numpy(),
+        "year": to_number(total["n_year"]).astype(int).to_numpy(),
+        "population_start": to_number(total["pob_start_year"]).to_numpy(),
+        "population_mid": to_number(total["pob_mid_year"]).to_numpy(),
+    })
+    if out.duplicated(["CVE_ENT", "year"]).any():
+        raise DataError(f"{path.name}: duplicated state-year rows")
+    return out.sort_values(["CVE_ENT", "year"]).reset_index(drop=True)
+
+
 def _require_columns(frame: pd.DataFrame, columns, source: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:

@@ -80,7 +80,7 @@ def _stop_index(probabilities: np.ndarray, start: float, target_change: float) -
 
 
 def latent_shift(model, image, target_class: int, *, target_change: float = 0.3, direction: str = "decrease",
-                 max_shift: float = 12.0, n_search: int = 49, n_frames: int = 9, through: str = "image",
+                 max_shift: float = 30.0, n_search: int = 61, n_frames: int = 9, through: str = "image",
                  class_names=None, task: str | None = None) -> Counterfactual:
     """Counterfactual frames for one image (1 x S x S in [0, 1]) and one class of the classifier.
 

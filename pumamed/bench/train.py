@@ -1,0 +1,233 @@
+"""``python -m pumamed bench train``: training throughput of PumaMedNet against peer VAEs.
+
+Peers, on the same real images, batch size, optimiser and precision, with a comparable parameter
+count: MONAI's ``VarAutoEncoder`` and Pythae's ``BetaVAE`` (given the same convolutional
+encoder/decoder as the MONAI peer, since Pythae's defaults are MLPs or CelebA-sized RGB nets).
+Peers are optional (``pip install -r requirements-bench.txt``); a missing one is reported, not
+fatal. Data loading is excluded for every contender (pre-made batches on the device) so the
+figure is the model's training step; PumaMedNet's full step includes its weight-map network and
+its in-loop denoising corruption is measured as a separate row.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--dataset", default="brain_tumor_mri", help="real images to train on")
+    parser.add_argument("--data-dir", help="data directory (default: $PUMAMED_DATA_DIR)")
+    parser.add_argument("--size", type=int, default=64, help="image size (64 or 128)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--latent", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=12, help="timed optimisation steps per contender")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: automatic)")
+    parser.add_argument("--peers", default="monai,pythae", help="comma-separated peers to include")
+    parser.add_argument("--compile", action="store_true", help="also time PumaMedNet under torch.compile")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _peer_channels(target_params: int, size: int, latent: int):
+    """MONAI channel widths whose parameter count is closest to ``target_params``."""
+    from monai.networks.nets import VarAutoEncoder
+
+    best = None
+    for base in (8, 12, 16, 20, 24, 32, 40, 48):
+        channels = (base, base * 2, base * 4, base * 8)
+        net = VarAutoEncoder(spatial_dims=2, in_shape=(1, size, size), out_channels=1, latent_size=latent,
+                             channels=channels, strides=(2, 2, 2, 2), num_res_units=0)
+        n = sum(p.numel() for p in net.parameters())
+        if best is None or abs(n - target_params) < abs(best[1] - target_params):
+            best = (channels, n)
+    return best[0]
+
+
+def _monai_step_factory(size, latent, channels, beta):
+    import torch
+    from monai.networks.nets import VarAutoEncoder
+
+    net = VarAutoEncoder(spatial_dims=2, in_shape=(1, size, size), out_channels=1, latent_size=latent,
+                         channels=channels, strides=(2, 2, 2, 2), num_res_units=0)
+
+    def loss_fn(x):
+        recon, mu, logvar, _ = net(x)
+        rec = torch.nn.functional.mse_loss(torch.sigmoid(recon.float()), x, reduction="sum") / len(x)
+        kl = -0.5 * torch.sum(1 + logvar.float() - mu.float().pow(2) - logvar.float().exp()) / len(x)
+        return rec + beta * kl
+
+    return net, loss_fn
+
+
+def _pythae_step_factory(size, latent, channels, beta):
+    import torch
+    from monai.networks.nets import VarAutoEncoder
+    from pythae.models import BetaVAE, BetaVAEConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+
+    # Same convolutional body as the MONAI peer, wrapped in Pythae's encoder/decoder interfaces.
+    body = VarAutoEncoder(spatial_dims=2, in_shape=(1, size, size), out_channels=1, latent_size=latent,
+                          channels=channels, strides=(2, 2, 2, 2), num_res_units=0)
+
+    class Encoder(BaseEncoder):
+        def __init__(self):
+            BaseEncoder.__init__(self)
+            self.body = body
+
+        def forward(self, x):
+            mu, logvar = self.body.encode_forward(x)
+            return ModelOutput(embedding=mu, log_covariance=logvar)
+
+    class Decoder(BaseDecoder):
+        def __init__(self):
+            BaseDecoder.__init__(self)
+            self.body = body
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=torch.sigmoid(self.body.decode_forward(z, use_sigmoid=False)))
+
+    config = BetaVAEConfig(input_dim=(1, size, size), latent_dim=latent, beta=beta, reconstruction_loss="mse")
+    net = BetaVAE(config, encoder=Encoder(), decoder=Decoder())
+
+    def loss_fn(x):
+        return net({"data": x}).loss
+
+    return net, loss_fn
+
+
+def _pumamed_step_factory(size, latent, beta, corrupt: bool):
+    from pumamed.net import PumaMedNet, PumaMedNetConfig
+    from pumamed.net.data import ArrayData, corruption_transform
+    from pumamed.net.train import TrainConfig, TrainingObjective
+
+    net = PumaMedNet(PumaMedNetConfig(image_size=size, latent_dim=latent))
+    import torch
+
+    empty = ArrayData(images=torch.zeros(1, 1, size, size, dtype=torch.uint8), labels=None)
+    objective = TrainingObjective(net, TrainConfig(beta=beta), empty)
+    corruption = corruption_transform() if corrupt else None
+
+    def loss_fn(x):
+        source = torch.stack([corruption(img) for img in x]) if corruption is not None else x
+        label = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        loss, _ = objective(source, x, label, label, beta, 0.0)
+        return loss
+
+    return net, loss_fn
+
+
+def _time_training(net, loss_fn, batches, warmup, steps, device, channels_last):
+    import torch
+
+    from pumamed.config import autocast
+
+    net = net.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    net.train()
+
+    def one_step(x):
+        with autocast(device):
+            loss = loss_fn(x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    for i in range(warmup):
+        one_step(batches[i % len(batches)])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    images = 0
+    for i in range(steps):
+        x = batches[i % len(batches)]
+        loss = one_step(x)
+        images += len(x)
+    float(loss)  # waits for the device
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return images / seconds, seconds
+
+
+def run(args) -> int:
+    import torch
+
+    from pumamed.config import device_description, select_device, seed_everything
+    from pumamed.net.data import load_arrays
+
+    seed_everything(0)
+    device = select_device(args.device)
+    n_needed = args.batch_size * 4
+    data = load_arrays([args.dataset], "train", args.size, data_dir=args.data_dir)
+    images = data.images[:n_needed].float().div(255.0)
+    batches = [images[i:i + args.batch_size].to(device) for i in range(0, len(images), args.batch_size)]
+    batches = [b for b in batches if len(b) == args.batch_size] or batches[:1]
+    beta = 4.0
+    channels_last = device.type == "cuda"
+
+    rows = []
+
+    def measure(name, factory, note=""):
+        try:
+            net, loss_fn = factory()
+        except ImportError as exc:
+            rows.append({"contender": name, "images_per_s": None, "params": None, "note": f"not installed ({exc.name})"})
+            return
+        params = sum(p.numel() for p in net.parameters())
+        ips, seconds = _time_training(net, loss_fn, batches, args.warmup, args.steps, device, channels_last)
+        rows.append({"contender": name, "images_per_s": round(ips, 1), "params": params,
+                     "seconds": round(seconds, 3), "note": note})
+
+    from pumamed.net import PumaMedNet, PumaMedNetConfig
+
+    ours_params = sum(p.numel() for p in PumaMedNet(PumaMedNetConfig(image_size=args.size, latent_dim=args.latent)).parameters())
+    measure("PumaMedNet", lambda: _pumamed_step_factory(args.size, args.latent, beta, corrupt=False),
+            "full objective incl. weight-map net and attention")
+    measure("PumaMedNet + in-loop corruption", lambda: _pumamed_step_factory(args.size, args.latent, beta, corrupt=True),
+            "blur/noise/erasing applied per batch on the device")
+    peers = [p.strip().lower() for p in args.peers.split(",") if p.strip()]
+    try:
+        channels = _peer_channels(ours_params, args.size, args.latent)
+    except ImportError:
+        channels = None
+    if "monai" in peers:
+        measure("MONAI VarAutoEncoder", lambda: _monai_step_factory(args.size, args.latent, channels, beta),
+                f"channels={channels}")
+    if "pythae" in peers:
+        measure("Pythae BetaVAE", lambda: _pythae_step_factory(args.size, args.latent, channels, beta),
+                f"same conv body as MONAI, channels={channels}")
+    if args.compile:
+        def compiled():
+            net, loss_fn = _pumamed_step_factory(args.size, args.latent, beta, corrupt=False)
+            return net, torch.compile(loss_fn)
+        measure("PumaMedNet (torch.compile)", compiled, "compile time excluded (warm-up steps)")
+
+    peer_rates = [r["images_per_s"] for r in rows if r["images_per_s"] and not r["contender"].startswith("PumaMedNet")]
+    ours = rows[0]["images_per_s"]
+    best_peer = max(peer_rates) if peer_rates else None
+    result = {
+        "device": device_description(device),
+        "dataset": args.dataset, "size": args.size, "batch_size": args.batch_size,
+        "latent": args.latent, "steps": args.steps,
+        "precision": "bf16/fp16 autocast" if device.type == "cuda" else "fp32",
+        "rows": rows,
+        "baseline": "best peer" if best_peer else None,
+        "ratio_vs_best_peer": round(ours / best_peer, 2) if best_peer and ours else None,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"training throughput on {result['device']}, {args.dataset} {args.size}px, batch {args.batch_size}")
+        for r in rows:
+            ips = "n/a" if r["images_per_s"] is None else f"{r['images_per_s']:9.1f} img/s"
+            params = "" if r["params"] is None else f"{r['params'] / 1e6:6.2f} M params"
+            print(f"  {r['contender']:34} {ips:>16}  {params}  {r['note']}")
+        if result["ratio_vs_best_peer"] is not None:
+            print(f"PumaMedNet / best peer: {result['ratio_vs_best_peer']:.2f}x")
+    return 0

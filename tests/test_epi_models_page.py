@@ -1,0 +1,74 @@
+"""The diabetes-models page through the real router: outcomes, family and settings change without errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGE = "pages/epi_models.py"
+TIMEOUT = 300
+
+
+def _open(presentation=False) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if presentation:
+        at.session_state["presentation_mode"] = True
+    at.run()
+    at.switch_page(PAGE)
+    at.run()
+    return at
+
+
+def _no_errors(at: AppTest):
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+@pytest.mark.slow
+def test_models_page_outcomes_and_settings(epi_root):
+    at = _open()
+    _no_errors(at)
+    labels = [m.label for m in at.metric]
+    assert "Covariates selected" in labels and "Moran's I (residuals)" in labels
+    assert any("post-selection" in w.value for w in at.warning), "the post-selection caveat is missing"
+
+    # Simulated outcome with planted effects: the recovery table appears and every planted one is found.
+    at.slider(key="models_resamples").set_value(10)
+    at.radio(key="models_outcome_kind").set_value("Simulated (planted effects)").run()
+    _no_errors(at)
+    recovery = [d.value for d in at.dataframe if "outcome" in getattr(d.value, "columns", [])]
+    assert recovery, "no planted-versus-recovered table"
+    planted = recovery[0][recovery[0]["planted"]]
+    assert (planted["outcome"] == "found").all(), planted
+
+    # Poisson family and the minimum-CV rule.
+    at.radio(key="models_family").set_value("poisson")
+    at.radio(key="models_rule").set_value("min").run()
+    _no_errors(at)
+
+    # Severity proportions (binomial): odds ratios.
+    at.radio(key="models_outcome_kind").set_value("Severity (proportion)").run()
+    _no_errors(at)
+    assert any("OR per SD" in s.value for s in at.subheader)
+
+    # Another covariate in the explanations fragment.
+    feature = at.selectbox(key="models_pdp_feature")
+    feature.set_value(feature.options[-1]).run()
+    _no_errors(at)
+
+    # Upload mode without a file says what to do.
+    at.radio(key="models_outcome_kind").set_value("Upload a table").run()
+    _no_errors(at)
+    assert any("CVEGEO" in i.value for i in at.info)
+
+
+@pytest.mark.slow
+def test_models_page_in_presentation_mode_without_covariates(epi_root):
+    at = _open(presentation=True)
+    _no_errors(at)
+    at.multiselect(key="models_covariates").set_value([]).run()
+    _no_errors(at)
+    assert any("at least one covariate" in i.value for i in at.info)

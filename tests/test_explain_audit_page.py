@@ -1,0 +1,100 @@
+"""The Explain & audit page through the real router (AppTest): default view, interactions, the
+audit and disentanglement buttons, the shortcut experiment, and the no-model message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+PAGE = "pages/explain_audit.py"
+TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def models_root(tmp_path_factory, imaging_root):
+    """A models directory holding one small PumaMedNet checkpoint for the NIH chest set."""
+    from pumamed.net import PumaMedNet, PumaMedNetConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("models")
+    model = PumaMedNet(PumaMedNetConfig(image_size=64, latent_dim=16, widths=(8, 16, 32, 64), num_classes=2,
+                                        task="binary", class_names=["normal", "abnormal"]))
+    save_checkpoint(root / "chest_tiny", model, {"data": {"datasets": ["nih_cxr14_1000"]}}, {},
+                    "# chest_tiny\nAn untrained test checkpoint.\n")
+    return root
+
+
+def _open(monkeypatch, models: Path, presentation: bool = False) -> AppTest:
+    monkeypatch.setenv("PUMAMED_MODELS_DIR", str(models))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if presentation:
+        at.session_state["presentation_mode"] = True
+    at.run()
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _no_errors(at: AppTest):
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_default_view_explains_an_image_and_reacts_to_controls(monkeypatch, models_root):
+    at = _open(monkeypatch, models_root)
+    _no_errors(at)
+    headers = " ".join(s.value for s in at.subheader)
+    assert "abnormal" in headers and "Pixel-space explanations" in headers
+    assert any(b.label == "Run audit" for b in at.button)
+    at.selectbox(key="ea_target").set_value(0)
+    at.radio(key="ea_dir").set_value("both")
+    at.number_input(key="ea_index").set_value(5)
+    at.run()
+    _no_errors(at)
+    assert "normal" in " ".join(s.value for s in at.subheader)
+
+
+def test_audit_and_disentanglement_buttons(monkeypatch, models_root):
+    at = _open(monkeypatch, models_root)
+    at.selectbox(key="ea_attribute").set_value("view")
+    at.select_slider(key="ea_nboot").set_value(50)
+    next(b for b in at.button if b.label == "Run audit").click()
+    at.run()
+    _no_errors(at)
+    labels = [m.label for m in at.metric]
+    assert "view from mu (AUC)" in labels and "Largest AUC gap" in labels
+    assert at.dataframe, "the subgroup and mitigation tables are missing"
+    at.button(key="ea_dis_button").click()
+    at.run()
+    _no_errors(at)
+    assert {"MIG", "DCI disentanglement", "SAP"} <= {m.label for m in at.metric}
+
+
+def test_presentation_mode_with_a_model(monkeypatch, models_root):
+    at = _open(monkeypatch, models_root, presentation=True)
+    _no_errors(at)
+    assert at.expander, "controls should fold into an expander in presentation mode"
+
+
+def test_without_models_the_page_says_how_to_train(monkeypatch, tmp_path, imaging_root):
+    at = _open(monkeypatch, tmp_path / "no_models")
+    _no_errors(at)
+    text = " ".join(i.value for i in at.info)
+    assert "python -m pumamed train" in text
+
+
+@pytest.mark.slow
+def test_shortcut_experiment_runs_from_the_page(monkeypatch, tmp_path, imaging_root):
+    at = _open(monkeypatch, tmp_path / "no_models")
+    at.slider(key="ea_sc_epochs").set_value(2)
+    at.select_slider(key="ea_sc_n").set_value(300)
+    next(b for b in at.button if b.label.startswith("Run the experiment")).click()
+    at.run()
+    _no_errors(at)
+    labels = [m.label for m in at.metric]
+    assert "AUC, token swapped" in labels and "Token found in mu (AUC)" in labels
