@@ -219,17 +219,16 @@ with guarded("Reading the indicators"):
     st.header("4 · Where the factors are, and do they reproduce CONAPO's index?")
     scores = _scores(str(root), columns, n_factors, method, rotation)
     factors = list(model.get_feature_names_out())
-    c1, c2 = st.columns([1, 3])
+    c1, c2, c3 = st.columns([1, 1, 2])
     factor = c1.selectbox("Factor", factors, key="fa_factor")
-    palette = c1.selectbox("Palette", list(DIVERGING_PALETTES), key="fa_palette")
-    c1.caption("Scores are standardised indicator combinations (regression method); positive = more of what "
-               "the factor's indicators measure.")
+    palette = c2.selectbox("Palette", list(DIVERGING_PALETTES), key="fa_palette")
+    c3.caption("Scores are standardised indicator combinations (regression method); positive = more of what "
+               "the factor's indicators measure. Classes are sextiles.")
     if (epi_dir(root) / "geo_mxmaps_2020" / "raw" / "data" / "mxmunicipio.map.RData").is_file():
         figure = _score_map(str(root), columns, n_factors, method, rotation, factor, "quantiles", palette)
-        c2.plotly_chart(style_figure(figure, base_height=520), width="stretch", key="fa_map")
+        st.plotly_chart(style_figure(figure, base_height=540), width="stretch", key="fa_map")
     else:
-        with c2:
-            missing_data_message("The municipal geometry (mxmaps)", GEOMETRY_FILE)
+        missing_data_message("The municipal geometry (mxmaps)", GEOMETRY_FILE)
 
     if VALIDATION_VARIABLE in scores:
         valid = scores.dropna(subset=[VALIDATION_VARIABLE])
@@ -245,8 +244,9 @@ with guarded("Reading the indicators"):
         left, right = st.columns([2, 3])
         with left:
             m1, m2 = st.columns(2)
-            m1.metric(f"{best['factor']} vs IM_2020 (Pearson r)", f"{best['r with IM_2020']:+.3f}")
-            m2.metric("One factor vs IM_2020", f"{single_r:+.3f}",
+            m1.metric(f"r({best['factor']}, IM_2020)", f"{best['r with IM_2020']:+.3f}",
+                      help="Pearson correlation of the factor most related to CONAPO's index.")
+            m2.metric("r(one factor, IM_2020)", f"{single_r:+.3f}",
                       help=f"A single {METHOD_LABELS[method]} factor of the same indicators.")
             st.markdown(
                 "CONAPO's index grows with *less* marginalization, so a deprivation factor correlates "

@@ -129,7 +129,7 @@ with guarded("Loading the municipal panel"):
         cols[1].metric("Median", f"{np.nanmedian(values):,.3g} {unit}".strip())
         cols[2].metric("Minimum", f"{np.nanmin(values):,.3g}")
         cols[3].metric("Maximum", f"{np.nanmax(values):,.3g}")
-    st.plotly_chart(style_figure(figure, base_height=620), width="stretch",
+    st.plotly_chart(style_figure(figure, base_height=560), width="stretch",
                     config={"scrollZoom": True, "displaylogo": False}, key="municipal_map")
     st.caption(f"**Source:** {meta['source']} (reference year {meta['year'] or year}). "
                f"**Classes:** {SCHEMES[classification.scheme]}"

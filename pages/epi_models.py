@@ -165,7 +165,10 @@ def _category_map(table: pd.DataFrame, column: str, colours: dict, title: str):
     from pumamed.epi.mapping import municipal_features
 
     geojson = {"type": "FeatureCollection", "features": list(municipal_features())}
-    fig = go.Figure()
+    # A lon/lat trace first: plotly.js looks at the first trace of a geo subplot to decide whether
+    # to download its world topojson from the CDN (which fails offline); this one needs none.
+    fig = go.Figure(go.Scattergeo(lon=[-102.0], lat=[23.0], mode="markers", marker=dict(opacity=0),
+                                  hoverinfo="skip", showlegend=False))
     for category, colour in colours.items():
         part = table[table[column] == category]
         if part.empty:
@@ -175,7 +178,8 @@ def _category_map(table: pd.DataFrame, column: str, colours: dict, title: str):
             colorscale=[[0, colour], [1, colour]], showscale=False, name=f"{category} ({len(part)})",
             showlegend=True, marker_line_width=0.2, marker_line_color="white",
             hovertemplate=f"%{{location}}<br>{category}<extra></extra>"))
-    fig.update_geos(fitbounds="locations", visible=False)
+    fig.update_geos(visible=False, projection_type="mercator", lonaxis_range=[-118.6, -86.5],
+                    lataxis_range=[14.3, 32.9], bgcolor="rgba(0,0,0,0)")
     fig.update_layout(title=title, legend=dict(orientation="h", y=-0.05))
     return style_figure(fig, base_height=560)
 

@@ -182,6 +182,22 @@ def _grey(array, title: str, height: int = 300):
     return style_figure(fig, height)
 
 
+def _frame_strip(cf):
+    """The counterfactual frames in one row, each titled with its shift and probability."""
+    n = len(cf.frames)
+    cols = min(n, 9)
+    fig = px.imshow(np.clip(cf.frames, 0, 1), facet_col=0, facet_col_wrap=cols, color_continuous_scale="gray",
+                    zmin=0, zmax=1, facet_col_spacing=0.01, facet_row_spacing=0.08)
+    for annotation in fig.layout.annotations:
+        i = int(annotation.text.split("=")[-1])
+        annotation.text = f"λ={cf.lambdas[i]:+.1f}<br>p={cf.probabilities[i]:.2f}"
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    fig.update_layout(coloraxis_showscale=False, title="frames along the latent shift")
+    rows = int(np.ceil(n / cols))
+    return style_figure(fig, 120 + 110 * rows)
+
+
 # ----------------------------------------------------------------------------- page
 st.title("Explain & audit")
 st.caption("Why did PumaMedNet decide this, and does its latent space encode who the patient is? "
@@ -197,7 +213,7 @@ with guarded("Listing datasets"):
     datasets = _available_datasets(str(data_root)) if data_root.is_dir() else []
 
 selection = {}
-with controls():
+with controls("Model and data"):
     if checkpoints:
         names = [c[0] for c in checkpoints]
         model_name = st.selectbox("Model", names, key="ea_model",
@@ -245,7 +261,7 @@ def _no_model_message():
 ready = loaded is not None and dataset_obj is not None and len(dataset_obj) > 0
 class_names = (loaded.class_names or [f"class {i}" for i in range(2)]) if loaded is not None else []
 if ready:
-    with controls():
+    with controls("Explanation"):
         index = int(st.number_input("Image", 0, len(dataset_obj) - 1, 0, key="ea_index",
                                     help=f"index in the {selection['split']} split ({len(dataset_obj)} images)"))
         n_classes = max(2, len(class_names))
@@ -276,12 +292,11 @@ with tab_explain:
             left, mid, right = st.columns(3)
             left.plotly_chart(_grey(cf.original, "input"), width="stretch")
             mid.plotly_chart(_grey(cf.counterfactual, "counterfactual"), width="stretch")
-            right.plotly_chart(_heatmap(cf.difference, "difference (counterfactual - reconstruction)"),
+            right.plotly_chart(_heatmap(cf.difference, "counterfactual − reconstruction"),
                                width="stretch")
             frames_col, curve_col = st.columns([3, 2])
             with frames_col:
-                st.image([np.clip(f, 0, 1) for f in cf.frames], width=92 if not is_presentation() else 120,
-                         caption=[f"λ={lam:+.1f}, p={p:.2f}" for lam, p in zip(cf.lambdas, cf.probabilities)])
+                st.plotly_chart(_frame_strip(cf), width="stretch")
                 st.download_button("Download GIF", gif, file_name=f"counterfactual_{selection['dataset']}_{index}.gif",
                                    mime="image/gif", icon=":material/download:")
             with curve_col:

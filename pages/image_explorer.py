@@ -60,27 +60,22 @@ def _checkpoint_row(info) -> dict:
 
 
 def _datasets_of(cfg: dict) -> list[str]:
-    """Registered dataset names mentioned in the checkpoint's ``data`` section (training data)."""
+    """Registered dataset names the checkpoint was trained (or transferred) on, from the
+    ``datasets`` / ``dataset`` entries of its config's ``data`` section (pretraining sources named
+    elsewhere, e.g. ``init_datasets``, do not decide its modality)."""
     try:
         from pumamed.imaging import DATASETS
     except ImportError:
         return []
+    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    named = data.get("datasets", data.get("dataset", []))
+    if isinstance(named, str):
+        named = named.replace(";", ",").split(",")
     found: list[str] = []
-
-    def walk(value):
-        if isinstance(value, str):
-            for part in value.replace(";", ",").split(","):
-                if part.strip() in DATASETS and part.strip() not in found:
-                    found.append(part.strip())
-        elif isinstance(value, dict):
-            for v in value.values():
-                walk(v)
-        elif isinstance(value, (list, tuple)):
-            for v in value:
-                walk(v)
-
-    walk(cfg.get("data", {}))
-    walk(cfg.get("training", {}).get("datasets", []) if isinstance(cfg.get("training"), dict) else [])
+    for name in named if isinstance(named, (list, tuple)) else []:
+        name = str(name).strip()
+        if name in DATASETS and name not in found:
+            found.append(name)
     return found
 
 
@@ -285,7 +280,8 @@ def _filter_dataset(dataset) -> np.ndarray:
     """Indices of the dataset that pass the class and metadata filters chosen in the sidebar."""
     keep = np.ones(len(dataset), dtype=bool)
     meta = dataset.metadata
-    classes = st.multiselect("Classes", dataset.class_names, key="ie_classes",
+    # Filter keys are per dataset: another dataset's classes must not linger as invalid choices.
+    classes = st.multiselect("Classes", dataset.class_names, key=f"ie_classes_{dataset.name}",
                              help="keep images of these classes (any of them, for multi-label data)")
     if classes:
         chosen = [dataset.class_names.index(c) for c in classes]
@@ -293,7 +289,7 @@ def _filter_dataset(dataset) -> np.ndarray:
         keep &= labels[:, chosen].sum(axis=1) > 0 if labels.ndim == 2 else np.isin(labels, chosen)
     fields = [c for c in meta.columns if c not in HIDDEN_COLUMNS | {"class_name"} and 1 < meta[c].nunique() <= 200]
     if fields:
-        field_name = st.selectbox("Filter by metadata", ["(none)", *fields], key="ie_meta_field")
+        field_name = st.selectbox("Filter by metadata", ["(none)", *fields], key=f"ie_meta_field_{dataset.name}")
         if field_name != "(none)":
             column = meta[field_name]
             if pd.api.types.is_numeric_dtype(column) and column.nunique() > 12:
@@ -627,11 +623,11 @@ if tab_mask.open:
 
 
 # ------------------------------------------------------------------------- 4. latent map
-def _use_map_image(position_in_filtered: int):
+def _use_map_image(dataset_name: str, position_in_filtered: int):
     """Make the picked map point the current image (clears the filters so it is reachable)."""
     st.session_state["ie_source"] = "Dataset"
-    st.session_state["ie_classes"] = []
-    st.session_state["ie_meta_field"] = "(none)"
+    st.session_state[f"ie_classes_{dataset_name}"] = []
+    st.session_state[f"ie_meta_field_{dataset_name}"] = "(none)"
     st.session_state["ie_position"] = position_in_filtered
 
 
@@ -707,7 +703,7 @@ def map_section(path: str, stamp: float, name: str, split: str, current_code: np
         recon = session.reconstruct_batch(image[None])[0]
         _show_panels([("image", image, "grey"), ("reconstruction", recon, "grey")])
         if st.button("Explore this image", icon=":material/arrow_upward:", key="ie_map_use",
-                     on_click=_use_map_image, args=(chosen + 1,)):
+                     on_click=_use_map_image, args=(name, chosen + 1)):
             st.rerun()  # the whole page, not just this fragment
 
 

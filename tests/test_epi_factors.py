@@ -280,3 +280,14 @@ def test_national_choropleth_and_state_zoom(imm_2020, epi_root):
         municipal_choropleth(data, "IM_2020", states=["99"], data_dir=epi_root)
     with pytest.raises(DataError):
         municipal_choropleth(pd.concat([data, data]), "IM_2020", data_dir=epi_root)
+
+
+def test_map_benchmark_is_registered_and_parses():
+    import argparse
+
+    from pumamed.bench import map as bench_map
+
+    parser = argparse.ArgumentParser()
+    bench_map.add_arguments(parser)
+    args = parser.parse_args(["--json", "--repeats", "2", "--scheme", "quantiles", "--no-naive"])
+    assert args.json and args.repeats == 2 and args.no_naive and callable(bench_map.run)

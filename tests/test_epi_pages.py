@@ -81,8 +81,10 @@ def test_factors_page_reproduces_conapo_with_one_factor(epi_root):
     at.number_input(key="fa_k").set_value(1)
     at.run()
     _ok(at)
-    r = float(_metric(at, "F1 vs IM_2020"))
+    r = float(_metric(at, "r(F1, IM_2020)"))
     assert abs(r) >= 0.95, r
+
+    assert float(_metric(at, "r(one factor, IM_2020)")) == r
 
     at.selectbox(key="fa_method").set_value("ml")
     at.selectbox(key="fa_rotation").set_value("oblimin")

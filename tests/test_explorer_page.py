@@ -57,6 +57,7 @@ def _ok(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
+@pytest.mark.slow
 def test_dataset_image_slider_and_mask(monkeypatch, tiny_models, imaging_root):
     at = _open(monkeypatch, tiny_models)
     _ok(at)
@@ -109,7 +110,7 @@ def test_dataset_image_slider_and_mask(monkeypatch, tiny_models, imaging_root):
     _ok(at)
 
     # filter by class
-    at.multiselect(key="ie_classes").set_value(["benign"])
+    at.multiselect(key="ie_classes_mini_mias").set_value(["benign"])
     at.run()
     _ok(at)
     assert any("benign" in c.value for c in at.caption if c.value.startswith("mini_mias"))
@@ -131,9 +132,15 @@ def test_dataset_image_slider_and_mask(monkeypatch, tiny_models, imaging_root):
     at.run()
     _ok(at)
     # the picked image becomes the page's image, with the filters cleared so it is reachable
-    assert not at.multiselect(key="ie_classes").value
+    assert not at.multiselect(key="ie_classes_mini_mias").value
     assert at.number_input(key="ie_position").value == last + 1
     assert any(c.value.startswith(f"mini_mias · val #{last} ") for c in at.caption)
+
+    # another dataset (another modality, 28-px originals upscaled to the model's 64 px)
+    at.selectbox(key="ie_dataset").set_value("breastmnist")
+    at.run()
+    _ok(at)
+    assert any(c.value.startswith("breastmnist · val #") for c in at.caption)
 
 
 def test_uploads_bad_and_good_and_prior(monkeypatch, tiny_models):

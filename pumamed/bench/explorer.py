@@ -39,7 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default, as the targets are stated), cuda, mps or auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per figure (median reported)")
-    parser.add_argument("--channels-last", action="store_true", help="run the page path in channels_last memory format")
+    parser.add_argument("--memory-format", choices=("auto", "channels_last", "contiguous"), default="auto",
+                        help="memory layout of the page path (auto: channels_last on CPU, as the page uses)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per model call in the page path (default: the session's, 16 on CPU)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -100,7 +103,8 @@ def run(args) -> int:
     folder, origin, tmp = _find_model(args)
     try:
         load_start = time.perf_counter()
-        session = load_session(folder, device=device, channels_last=args.channels_last)
+        channels_last = None if args.memory_format == "auto" else args.memory_format == "channels_last"
+        session = load_session(folder, device=device, channels_last=channels_last, batch_size=args.batch_size)
         load_ms = (time.perf_counter() - load_start) * 1000.0
         model = session.model
         size, latent = session.image_size, session.latent_dim
@@ -225,7 +229,8 @@ def run(args) -> int:
             "latent_dim": latent,
             "parameters": count_parameters(model),
             "widths": list(config.widths) if config else None,
-            "channels_last": bool(args.channels_last),
+            "channels_last": session.channels_last,
+            "page_batch_size": session.batch_size,
             "model_load_ms": load_ms,
             "repeats": args.repeats,
             "figures_ms": figures,
@@ -244,6 +249,8 @@ def run(args) -> int:
     print(f"model: {origin}", file=out)
     print(f"       {size}x{size} px, {latent} latent dims, {report['parameters']:,} parameters; "
           f"checkpoint load {load_ms:.0f} ms", file=out)
+    print(f"page path: {'channels_last' if session.channels_last else 'contiguous'} layout, "
+          f"{session.batch_size} images per model call", file=out)
     print(f"{'figure (median ms)':34s} {'model':>9s} {'page':>9s} {'naive':>10s} {'naive/page':>11s}", file=out)
     for name, row in figures.items():
         cells = [f"{row[c]:9.1f}" if c in row else f"{'-':>9s}" for c in ("model", "page")]

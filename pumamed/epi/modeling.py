@@ -167,8 +167,19 @@ def count_outcomes(catalog: pd.DataFrame | None = None) -> pd.DataFrame:
     from pumamed.epi.panel import variable_catalog
 
     catalog = variable_catalog() if catalog is None else catalog
-    rows = catalog[(catalog["group"] == "outcome") & (catalog["kind"] == "count")]
+    rows = catalog[(catalog["group"] == "outcome") & (catalog["kind"] == "count")].copy()
+    rows["label"] = [_standalone_label(n, lab) for n, lab in zip(rows["name"], rows["label"])]
     return rows[["name", "label", "unit", "source", "year"]].reset_index(drop=True)
+
+
+def _standalone_label(name: str, label: str) -> str:
+    """Catalogue labels such as "… of them hospitalized" read as sub-items of the line above;
+    outside that list they need their subject back."""
+    text = str(label).strip()
+    if text.startswith("…") and name.startswith("covid_diabetic_"):
+        rest = text.lstrip("… ").removeprefix("of them").strip()
+        return f"Diabetic COVID-19 patients {rest}"
+    return text
 
 
 def candidate_covariates(catalog: pd.DataFrame | None = None) -> pd.DataFrame:

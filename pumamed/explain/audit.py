@@ -732,6 +732,17 @@ def head_dependence(coefficients: np.ndarray, flagged) -> dict:
             "top_weighted_dims": [int(d) for d in top]}
 
 
+def _patient_groups(frames) -> np.ndarray | None:
+    """One group per patient (images without a patient id are their own group), or None when no
+    patient has two images (then plain stratified folds are equivalent and cheaper)."""
+    groups = []
+    for frame in frames:
+        ids = frame["patient_id"].tolist() if "patient_id" in frame.columns else [None] * len(frame)
+        groups.extend(ids)
+    labels = [f"image-{i}" if _clean(v) is None else f"patient-{v}" for i, v in enumerate(groups)]
+    return np.array(labels, dtype=object) if len(set(labels)) < len(labels) else None
+
+
 def run_audit(train: LatentCodes, test: LatentCodes, attribute: str, positive=None, n_boot: int = 200,
               seed: int = 0, strategies=None, within_label: bool = True) -> AuditReport:
     """Audit one attribute: predictability, flagged dims, subgroup metrics, mitigation (module doc)."""
@@ -743,15 +754,13 @@ def run_audit(train: LatentCodes, test: LatentCodes, attribute: str, positive=No
     both_mu = np.concatenate([train.mu, test.mu])
     both_attr = AttributeValues(attr_train.name, np.concatenate([attr_train.values, attr_test.values]),
                                 attr_train.kind)
-    patients = None
-    if train.patient_ids is not None or test.patient_ids is not None:
-        for frame in (train.metadata, test.metadata):
-            if "patient_id" not in frame.columns:
-                break
-        else:
-            patients = np.concatenate([train.metadata["patient_id"].astype(str).to_numpy(),
-                                       test.metadata["patient_id"].astype(str).to_numpy()])
+    patients = _patient_groups([train.metadata, test.metadata])
     predictability = attribute_predictability(both_mu, both_attr, patient_ids=patients, seed=seed)
+    if train.task == "mix" or test.task == "mix":
+        flags = flag_dimensions(both_mu, both_attr, seed=seed)
+        notes.append("a mix of datasets has no common label: subgroup performance and mitigation do not apply")
+        return AuditReport(attr_train.name, attr_train.kind, "(none)", "none", len(train), len(test),
+                           predictability, flags, None, None, {}, notes)
     target_train = binary_target(train, positive)
     target_test = binary_target(test, positive)
     # Conditional on the label: a dimension is flagged for what it says about the attribute
@@ -808,11 +817,24 @@ def dataset_task_for(loaded, dataset: str) -> str | None:
 
 def codes_for(loaded, dataset: str, split: str, data_dir=None, max_items: int | None = None,
               seed: int = 0) -> LatentCodes:
-    """Encode one split of a registered dataset with a loaded checkpoint (``pumamed.net.load_model``)."""
+    """Encode one split of a registered dataset with a loaded checkpoint (``pumamed.net.load_model``).
+
+    ``dataset`` may name several datasets, comma-separated (a pretraining mix): their codes are
+    concatenated, with ``dataset`` and ``modality`` in the metadata; such a mix has no common
+    label, so only the latent-space parts of the audit apply (predictability, flags, MI).
+    """
     from pumamed.imaging import load_dataset
 
     if getattr(loaded, "arch", "pumamednet") != "pumamednet":
         raise InputError(f"the audit reads the latent space of a PumaMedNet; {loaded.arch} has none")
+    names = [n.strip() for n in str(dataset).split(",") if n.strip()]
+    if len(names) > 1:
+        parts = [codes_for(loaded, n, split, data_dir, max_items, seed) for n in names]
+        metadata = pd.concat([p.metadata for p in parts], ignore_index=True)
+        return LatentCodes(
+            mu=np.concatenate([p.mu for p in parts]), logvar=np.concatenate([p.logvar for p in parts]),
+            labels=np.full(len(metadata), -1), probabilities=np.concatenate([p.probabilities for p in parts]),
+            metadata=metadata, class_names=parts[0].class_names, dataset_class_names=["(mix)"], task="mix")
     ds = load_dataset(dataset, split=split, size=loaded.image_size, data_dir=data_dir,
                       task=dataset_task_for(loaded, dataset))
     return encode_dataset(loaded.model, ds, max_items=max_items, class_names=loaded.class_names or None,

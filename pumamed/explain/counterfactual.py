@@ -168,7 +168,7 @@ def latent_shift(model, image, target_class: int, *, target_change: float = 0.3,
     )
 
 
-def counterfactual_gif(cf: Counterfactual, duration_ms: int = 150, scale: int = 4) -> bytes:
+def counterfactual_gif(cf: Counterfactual, duration_ms: int = 150, scale: int = 3) -> bytes:
     """Animated GIF of the frames (forward then back), each captioned with its probability."""
     from pumamed.explain.export import traversal_gif
 

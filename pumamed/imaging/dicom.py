@@ -134,11 +134,18 @@ def is_dicom_bytes(data: bytes) -> bool:
     return len(data) >= 132 and data[128:132] == b"DICM"
 
 
-def read_dicom(source, frame: int | None = None, window: tuple[float, float] | None = None) -> DicomImage:
+# Largest frame decoded (rows x columns), checked from the header *before* decoding: compressed
+# pixel data (RLE, JPEG 2000) of a few MiB can declare a frame of many GiB (decompression bomb).
+DEFAULT_MAX_PIXELS = 64_000_000
+
+
+def read_dicom(source, frame: int | None = None, window: tuple[float, float] | None = None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> DicomImage:
     """Read one frame of a DICOM file (path or bytes) as display-ready grey pixels in [0, 1].
 
     ``frame``: for multi-frame files (default: the middle frame). ``window``: (center, width) in
-    modality units (e.g. HU for CT) overriding the file's own window.
+    modality units (e.g. HU for CT) overriding the file's own window. ``max_pixels``: frames
+    declaring more pixels than this are refused before their pixel data is decoded.
     """
     from pydicom import pixels
 
@@ -149,6 +156,15 @@ def read_dicom(source, frame: int | None = None, window: tuple[float, float] | N
     for required in ("Rows", "Columns"):
         if required not in ds:
             raise InputError(f"the DICOM file lacks {required}, so its pixel data cannot be read")
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+    except (TypeError, ValueError) as exc:
+        raise InputError("the DICOM file has unreadable Rows/Columns") from exc
+    if rows <= 0 or columns <= 0:
+        raise InputError(f"the DICOM file declares an empty image ({columns}x{rows})")
+    if rows * columns > max_pixels:
+        raise InputError(f"the DICOM image is {columns}x{rows} = {rows * columns:,} pixels, above the limit of "
+                         f"{max_pixels:,} (a guard against decompression bombs)")
     file_meta = getattr(ds, "file_meta", None)
     if file_meta is None or "TransferSyntaxUID" not in file_meta:
         # Preamble-less files without file meta: assume the DICOM default (implicit VR little endian).

@@ -95,6 +95,29 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     return out.getvalue()
 
 
+def _check_declared_size(image, available: int | None, max_decompressed: int) -> None:
+    """Refuse a header whose dimensions promise more voxels than the file holds or than we agree
+    to allocate: nibabel would otherwise allocate the declared array before reading anything (a
+    360-byte file claiming 30000^3 voxels is a memory bomb)."""
+    header = image.header
+    try:
+        shape = tuple(int(n) for n in header.get_data_shape())
+        itemsize = int(np.dtype(header.get_data_dtype()).itemsize)
+        offset = int(getattr(header, "get_data_offset", lambda: 0)() or 0)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"the NIfTI header is damaged ({exc})") from exc
+    if any(n < 0 for n in shape):
+        raise InputError(f"the NIfTI header declares negative dimensions {shape}")
+    voxels = int(np.prod(shape, dtype=np.float64)) if shape else 0
+    # Output is float32: the cap applies to what we would hold in memory.
+    if voxels * max(itemsize, 4) > max_decompressed:
+        raise InputError(f"the NIfTI volume declares {'x'.join(map(str, shape))} voxels, above the limit of "
+                         f"{max_decompressed:,} bytes in memory; crop or downsample it first")
+    if available is not None and offset + voxels * itemsize > available:
+        raise InputError(f"the NIfTI file is truncated: its header declares {'x'.join(map(str, shape))} voxels "
+                         f"({offset + voxels * itemsize:,} bytes) but the file has {available:,} bytes")
+
+
 def is_nifti_bytes(data: bytes) -> bool:
     """NIfTI-1 (348-byte header, magic 'n+1' at 344) or NIfTI-2 (540, 'n+2' at 4), either endianness."""
     if len(data) >= 348 and data[344:347] == b"n+1":
@@ -119,8 +142,10 @@ def read_nifti(source, volume: int = 0, max_decompressed: int = DEFAULT_MAX_DECO
             klass = nib.Nifti2Image if data[4:7] == b"n+2" else nib.Nifti1Image
             holder = nib.FileHolder(fileobj=io.BytesIO(data))
             image = klass.from_file_map({"header": holder, "image": holder})
+            _check_declared_size(image, len(data), max_decompressed)
         else:
             image = nib.load(str(Path(source)))
+            _check_declared_size(image, None, max_decompressed)
         image = nib.as_closest_canonical(image)
         array = np.asarray(image.dataobj, dtype=np.float32)
     except InputError:

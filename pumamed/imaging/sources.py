@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -17,7 +19,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from pumamed.errors import DataError
+from pumamed.errors import DataError, PumaMedError
 from PIL import Image
 
 from pumamed.imaging.decode import (
@@ -74,13 +76,23 @@ def _file_fingerprint(paths: list[Path]) -> str:
 
 
 def decode_file(path: str | Path, size: int) -> np.ndarray:
-    """Decode one image file (raster or DICOM) to uint8 size x size."""
-    path = Path(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        from pumamed.imaging.dicom import read_dicom
+    """Decode one image file (raster or DICOM) to uint8 size x size.
 
-        return square_resize(Image.fromarray(array_to_uint8(read_dicom(path).pixels, 0.0, 1.0)), size)
-    return decode_to_square(path, size)
+    A file that cannot be decoded is a :class:`DataError` naming it, so the user knows which file
+    of a large folder to remove or replace."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in DICOM_SUFFIXES:
+            from pumamed.imaging.dicom import read_dicom
+
+            return square_resize(Image.fromarray(array_to_uint8(read_dicom(path).pixels, 0.0, 1.0)), size)
+        return decode_to_square(path, size)
+    except DataError:
+        raise
+    except PumaMedError as exc:
+        raise DataError(f"{path}: cannot be decoded ({exc}); remove or replace this file") from exc
+    except OSError as exc:  # vanished or unreadable file
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
 
 
 # --------------------------------------------------------------------------- MedMNIST
@@ -92,8 +104,21 @@ def read_medmnist(path: Path, name: str | None = None, modality: str = "unknown"
     path = Path(path)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path.name} is not a readable .npz file ({exc})") from exc
+    if not hasattr(archive, "files"):  # a bare .npy saved under an .npz name
+        raise DataError(f"{path.name} is a single array, not a MedMNIST .npz archive")
+    try:
+        return _medmnist_table(archive, path, name, modality, class_names)
+    except ValueError as exc:
+        # np.load refuses object arrays (pickles) with ValueError; never retry with allow_pickle.
+        raise DataError(f"{path.name}: unusable array data ({exc}); MedMNIST archives hold plain "
+                        "uint8 images and integer labels") from exc
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"{path.name} is damaged or truncated ({exc})") from exc
+
+
+def _medmnist_table(archive, path: Path, name, modality, class_names) -> SampleTable:
     with archive:
         keys = set(archive.files)
         image_arrays, label_arrays, split_names = [], [], []
@@ -114,6 +139,15 @@ def read_medmnist(path: Path, name: str | None = None, modality: str = "unknown"
             split_names += [canonical_split(prefix) or prefix] * len(labels)
     if not image_arrays:
         raise DataError(f"{path.name} holds no '<split>_images' arrays (keys: {sorted(keys)})")
+    if sum(len(a) for a in label_arrays) == 0:
+        raise DataError(f"{path.name} holds no images (every '<split>_images' array is empty)")
+    for labels_part in label_arrays:
+        if labels_part.dtype.kind not in "biuf":
+            raise DataError(f"{path.name}: labels must be numbers, got dtype {labels_part.dtype}")
+        values = labels_part.astype(np.float64, copy=False)
+        if not np.isfinite(values).all() or (values < 0).any() or (values != np.round(values)).any():
+            raise DataError(f"{path.name}: labels must be non-negative whole numbers (class indices or 0/1 "
+                            "multi-hot); found negative, fractional or missing values")
     widths = {a.shape[1] for a in label_arrays}
     if len(widths) != 1:
         raise DataError(f"{path.name}: label widths differ between splits: {sorted(widths)}")
@@ -266,14 +300,25 @@ def read_nih_cxr14(root: Path, name: str | None = None, task: str = "multilabel"
         meta = read_data_entry(entries[-1])
         meta_source = entries[-1].name
     elif (root / "labels.csv").is_file():
-        meta = pd.read_csv(root / "labels.csv", dtype={"Patient ID": str})
+        try:
+            meta = pd.read_csv(root / "labels.csv", dtype={"Patient ID": str})
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {root / 'labels.csv'}: {exc}") from exc
         meta_source = "labels.csv"
     else:
         raise DataError(f"{root}: no Data_Entry_2017*.csv metadata file (needed for the 14 findings)")
     files = {p.name: p for p in root.rglob("*.png") if not any(s.startswith(".") for s in p.parts)}
     if not files:
         raise DataError(f"{root}: no PNG images found")
+    if "Image Index" not in meta.columns or "Finding Labels" not in meta.columns:
+        raise DataError(f"{root}: {meta_source} lacks the 'Image Index' / 'Finding Labels' columns of ChestX-ray14")
     meta = meta[meta["Image Index"].isin(files)].drop_duplicates("Image Index")
+    if meta.empty:
+        raise DataError(f"{root}: none of the {len(files)} PNG file(s) is listed in {meta_source} "
+                        "(is it the ChestX-ray14 Data_Entry table for these images?)")
+    for column in ("Patient ID", "Patient Gender", "View Position", "Follow-up #", "Patient Age"):
+        if column not in meta.columns:
+            meta[column] = None
     missing = len(files) - len(meta)
     notes = [f"metadata from {meta_source}"]
     if missing:
@@ -318,7 +363,7 @@ def read_nih_cxr14(root: Path, name: str | None = None, task: str = "multilabel"
             frame["original_" + ("width" if "Width" in extra else "height")] = pd.to_numeric(meta[extra], errors="coerce").to_numpy()
 
     def decode(i: int, size: int) -> np.ndarray:
-        return decode_to_square(paths[i], size)
+        return decode_file(paths[i], size)
 
     return SampleTable(name, "chest_xray", task, class_names, frame, labels, decode,
                        _file_fingerprint(paths + entries[-1:]), notes)
@@ -340,7 +385,10 @@ def read_mini_mias(root: Path, name: str | None = None) -> SampleTable:
     labels_csv = root / "labels.csv"
     if not labels_csv.is_file():
         raise DataError(f"{root}: labels.csv not found")
-    table = pd.read_csv(labels_csv, dtype={"refnum": str})
+    try:
+        table = pd.read_csv(labels_csv, dtype={"refnum": str})
+    except (OSError, ValueError) as exc:  # ParserError, EmptyDataError and UnicodeDecodeError are ValueErrors
+        raise DataError(f"cannot read {labels_csv}: {exc}") from exc
     required = {"refnum", "label", "background_tissue", "file"}
     if not required <= set(table.columns):
         raise DataError(f"{labels_csv}: missing column(s) {sorted(required - set(table.columns))}")
@@ -352,7 +400,11 @@ def read_mini_mias(root: Path, name: str | None = None) -> SampleTable:
     if absent:
         raise DataError(f"{root}: {len(absent)} image file(s) listed in labels.csv are missing, e.g. {absent[0]}")
     labels = table["label"].map({c: i for i, c in enumerate(MIAS_CLASSES)}).to_numpy(dtype=np.int64)
-    number = table["refnum"].str.extract(r"(\d+)")[0].astype(int)
+    digits = table["refnum"].astype("string").str.extract(r"(\d+)")[0]
+    if digits.isna().any():
+        bad = table.loc[digits.isna().to_numpy(), "refnum"].iloc[0]
+        raise DataError(f"{labels_csv}: refnum {bad!r} has no image number (expected e.g. mdb001)")
+    number = digits.astype(int)
     lesions = read_mias_lesions(root) if (root / "abnormalities.csv").is_file() else None
     name = name or root.name
     frame = pd.DataFrame({
@@ -368,7 +420,7 @@ def read_mini_mias(root: Path, name: str | None = None) -> SampleTable:
         frame["n_lesions_located"] = frame["refnum"].map(located).fillna(0).astype(int).to_numpy()
 
     def decode(i: int, size: int) -> np.ndarray:
-        return decode_to_square(paths[i], size)
+        return decode_file(paths[i], size)
 
     extra = [root / "abnormalities.csv"] if lesions is not None else []
     return SampleTable(name, "mammography", "multiclass", list(MIAS_CLASSES), frame, labels, decode,
@@ -377,9 +429,14 @@ def read_mini_mias(root: Path, name: str | None = None) -> SampleTable:
 
 def read_mias_lesions(root: Path) -> pd.DataFrame:
     """``abnormalities.csv`` with numeric x, y, radius (NaN where MIAS gives none, e.g. NOTE 3)."""
-    lesions = pd.read_csv(Path(root) / "abnormalities.csv", dtype={"refnum": str})
+    try:
+        lesions = pd.read_csv(Path(root) / "abnormalities.csv", dtype={"refnum": str})
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {Path(root) / 'abnormalities.csv'}: {exc}") from exc
+    if "refnum" not in lesions.columns:
+        raise DataError(f"{Path(root) / 'abnormalities.csv'}: missing column 'refnum'")
     for column in ("x", "y", "radius"):
-        lesions[column] = pd.to_numeric(lesions.get(column), errors="coerce")
+        lesions[column] = pd.to_numeric(lesions[column], errors="coerce") if column in lesions else np.nan
     return lesions
 
 

@@ -103,7 +103,7 @@ def _read_raster(data: bytes, kind: str, size: int, max_pixels: int) -> Uploaded
 
 
 def _read_dicom(data: bytes, size: int, max_pixels: int, frame: int | None, window) -> UploadedImage:
-    dicom = read_dicom(data, frame=frame, window=window)
+    dicom = read_dicom(data, frame=frame, window=window, max_pixels=max_pixels)
     height, width = dicom.pixels.shape
     if height * width > max_pixels:
         raise InputError(f"DICOM image is {width}x{height}, above the limit of {max_pixels:,} pixels")
@@ -155,7 +155,11 @@ def read_upload(data: bytes, filename: str = "", size: int = 128, max_bytes: int
     if len(data) > max_bytes:
         raise InputError(f"{label} is {len(data) / 2**20:.1f} MiB, above the upload limit of "
                          f"{max_bytes / 2**20:.0f} MiB")
-    if not 8 <= int(size) <= 1024:
+    try:
+        size = int(size)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"size must be an integer number of pixels, got {size!r}") from exc
+    if not 8 <= size <= 1024:
         raise InputError(f"size must be between 8 and 1024 pixels, got {size}")
     max_pixels = min(int(max_pixels), DEFAULT_MAX_PIXELS)
     kind = sniff_format(data, filename)

