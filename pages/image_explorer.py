@@ -158,6 +158,18 @@ def _upload(data: bytes, filename: str, size: int, slice_index: int | None = Non
     return image.reshape(image.shape[-2:]), dict(uploaded.metadata or {}), uploaded.description
 
 
+@st.cache_data(max_entries=8, show_spinner=False)
+def _training_weight_maps(path: str, stamp: float):
+    """Reference images with their loss-weight maps at the start of training and in the saved
+    model (``weight_maps.safetensors``, written by training), or None."""
+    from pumamed.net.train import load_weight_maps
+
+    maps = load_weight_maps(path)
+    if maps is None:
+        return None
+    return {k: (v.numpy()[:, 0] if hasattr(v, "numpy") else v) for k, v in maps.items()}
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def _projection(codes: np.ndarray, method: str, standardize: bool, extra: np.ndarray | None):
     from pumamed.explain.latent_map import LatentProjector
@@ -196,9 +208,9 @@ def _panel_png(array, kind: str, vmax: float | None = None) -> bytes:
     if kind == "signed":
         top = float(vmax if vmax is not None else max(float(np.max(np.abs(array))), 0.02))
         return panel_png(colourize(array, "RdBu_r", -top, top), display, ("RdBu_r", -top, top))
-    if kind == "overlay":
-        image, weights = array
-        low, high = float(np.min(weights)), float(np.max(weights))
+    if kind == "overlay":  # (image, weights) or (image, weights, low, high) for a shared range
+        image, weights = array[:2]
+        low, high = array[2:] if len(array) == 4 else (float(np.min(weights)), float(np.max(weights)))
         return panel_png(overlay(image, weights, "Turbo", 0.5, low, high), display, ("Turbo", low, high))
     raise ValueError(kind)
 
@@ -324,6 +336,7 @@ session = None
 model_row: dict = {}
 dataset = None
 current: CurrentImage | None = None
+problems: list[tuple[str, Exception]] = []  # user errors met in Controls, shown in the main area
 
 with controls():
     # ---------------------------------------------------------------- model
@@ -358,9 +371,10 @@ with controls():
             if model_row["problem"] or model_row["arch"] != "pumamednet":
                 why = model_row["problem"] or f"a {model_row['arch']} classifier has no decoder"
                 raise CheckpointError(f"{model_row['name']} cannot be explored: {why}")
-            with st.spinner("Loading the model…"):
-                stamp = _stamp(model_row["path"])
-                session = _session(model_row["path"], stamp)
+            try:
+                session = _session(model_row["path"], _stamp(model_row["path"]))
+            except PumaMedError as exc:  # shown in the main area, where it cannot be missed
+                problems.append(("Loading the model", exc))
 
     # ---------------------------------------------------------------- image
     if session is not None:
@@ -400,7 +414,10 @@ with controls():
                                                                    session.image_size, int(index), axis)
                     except ImportError as exc:
                         raise InputError(f"uploads are not available in this installation ({exc})") from exc
-                    current = CurrentImage(image, f"upload · {upload.name} · {description}", metadata=meta)
+                    except PumaMedError as exc:
+                        problems.append((f"Reading {upload.name}", exc))
+                    else:
+                        current = CurrentImage(image, f"upload · {upload.name} · {description}", metadata=meta)
         elif source == "Prior sample":
             seed = st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=0, step=1, key="ie_prior_seed")
             temperature = st.slider("Temperature (sd of the prior)", 0.0, 2.0, 1.0, 0.1, key="ie_temperature",
@@ -410,7 +427,9 @@ with controls():
                 current = CurrentImage(session.decode(code)[0], f"prior sample · seed {seed} · T {temperature:.1f}",
                                        code=code)
 
-# ------------------------------------------------------------------------- no model
+# ------------------------------------------------------------------------- no model / no image
+for context, problem in problems:
+    show_error(problem, context)
 if session is None:
     if not model_row:
         st.info(
@@ -423,7 +442,7 @@ if session is None:
 
 st.caption(f":material/memory: {session.describe()}")
 if current is None:
-    if st.session_state.get("ie_source") == "Upload":
+    if st.session_state.get("ie_source") == "Upload" and not problems:
         st.info("Upload an image (PNG, JPEG, TIFF, DICOM or NIfTI) in *Controls*, or choose another source.",
                 icon=":material/upload_file:")
     elif dataset is None:
@@ -454,7 +473,26 @@ with guarded("Reconstructing"):
         cols[3].metric("Classifier on mu", names[top] if top < len(names) else str(top),
                        f"p = {analysis.probabilities[top]:.2f}", delta_color="off")
     st.caption(current.caption + (" · " + ", ".join(f"{k}: {v}" for k, v in current.metadata.items()
-                                                   if k not in {"dataset", "split"}) if current.metadata else ""))
+                                                   if k not in {"dataset", "split", "label", "class_name"})
+                                  if current.metadata else ""))
+
+with guarded("Reading the training weight maps"):
+    maps = _training_weight_maps(path, stamp)
+    if maps is not None and len(maps.get("images", [])):
+        labels = maps.get("labels", {})
+        with st.expander(f"Loss weights before and after training ({labels.get('before', 'before')} vs "
+                         f"{labels.get('now', 'now')}), on the training run's reference images"):
+            n_show = min(4, len(maps["images"]))
+            low = float(min(maps["before"][:n_show].min(), maps["now"][:n_show].min()))
+            high = float(max(maps["before"][:n_show].max(), maps["now"][:n_show].max()))
+            panels = []
+            for i in range(n_show):
+                panels += [(f"reference {i + 1}", maps["images"][i], "grey"),
+                           ("weights before", (maps["images"][i], maps["before"][i], low, high), "overlay"),
+                           ("weights now", (maps["images"][i], maps["now"][i], low, high), "overlay")]
+            _show_panels(panels, columns=6)
+            st.caption("One colour scale for both moments: where the weights moved is where training "
+                       "learned to put its effort.")
 
 base_code = current.code if current.code is not None else analysis.mu
 dataset_ref = (dataset.name, dataset.split) if dataset is not None else None
@@ -666,11 +704,15 @@ def map_section(path: str, stamp: float, name: str, split: str, current_code: np
                                    marker=dict(color=values, colorscale=_scale("Viridis"), size=7, showscale=True,
                                                colorbar=dict(title=colour))))
     else:
-        for value in pd.unique(values):
+        from plotly.colors import qualitative
+
+        palette = qualitative.Safe + qualitative.Dark24  # colour-blind-safe first; distinct hues per class
+        for k, value in enumerate(sorted(pd.unique(values), key=str)):
             where = np.flatnonzero(values == value)
             fig.add_trace(go.Scattergl(x=embedding[where, 0], y=embedding[where, 1], mode="markers", name=str(value),
                                        customdata=indices[where], text=[hover[j] for j in where],
-                                       hovertemplate="%{text}<extra></extra>", marker=dict(size=7, opacity=0.8)))
+                                       hovertemplate="%{text}<extra></extra>",
+                                       marker=dict(size=7, opacity=0.85, color=palette[k % len(palette)])))
     if placed is not None:
         fig.add_trace(go.Scatter(x=placed[:, 0], y=placed[:, 1], mode="markers", name="current image",
                                  marker=dict(symbol="star", size=18, color="black", line=dict(color="white", width=1)),

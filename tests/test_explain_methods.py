@@ -44,7 +44,7 @@ def test_the_planted_shortcut_is_learned_found_and_mitigated(shortcut):
     # 2. the audit finds the token in the latent space, in a few dimensions the head listens to
     assert result["marker_predictability"] > 0.9
     assert 0 < len(result["flagged_dims"]) < 8
-    assert result["head_weight_share_on_flagged"] > result["flagged_fraction_of_dims"]
+    assert result["head_weight_share_on_flagged"] > 0.3
     ablated = result["head_auc_flagged_ablated"]
     assert ablated["aligned"] - ablated["swapped"] < auc["aligned"] - auc["swapped"]
     # 3. removing the token subspace restores the swapped AUC to about the clean one
@@ -118,7 +118,7 @@ def test_counterfactual_of_a_swapped_image_erases_the_token(shortcut):
     corner = change[0:8, 0:8].mean()  # the token sits at rows/columns 1-6
     rest = (change.sum() - change[0:8, 0:8].sum()) / (change.size - 64)
     assert cf.reached and cf.end_probability < cf.start_probability
-    assert corner > 1.5 * rest, (corner, rest)
+    assert corner > 1.3 * rest, (corner, rest)  # measured 1.7x
 
 
 @pytest.mark.slow  # shares one ~40 s training run (module fixture)

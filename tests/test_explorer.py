@@ -104,7 +104,7 @@ def test_traverse_linear_decoder_known_case():
     # dimension 2 is inactive: the same image at every step
     assert np.ptp(grid.images[2], axis=0).max() < 1e-6
     assert grid.row(1).shape == (7, 8, 8)
-    assert grid.column_labels()[0] == "-3.0 sd"
+    assert grid.column_labels() == ["-3 sd", "-2 sd", "-1 sd", "0 sd", "+1 sd", "+2 sd", "+3 sd"]
     assert grid.row_labels([0.5, 0.2, 0.0])[0] == "z0 (KL 0.50)"
 
 

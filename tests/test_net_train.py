@@ -20,6 +20,15 @@ TINY = dict(image_size=SIZE, latent_dim=8, widths=(8, 16, 32), attention_resolut
 TINY_CLI = ["--size", str(SIZE), "--widths", "8,16,32", "--latent", "8", "--quiet"]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine a second thread mostly spins and waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def real_images(imaging_root) -> ArrayData:
     """32 real BreastMNIST training images (binary labels) at 32 px, via the data layer."""
@@ -46,7 +55,7 @@ def test_reconstruction_loss_decreases_on_real_images(real_images, tmp_path):
             return float((model(x).recon - x).pow(2).mean())
 
     before = mse()
-    cfg = TrainConfig(epochs=12, batch_size=16, lr=3e-3, augment=False, denoise=False, progress=False, kl_warmup=0.5)
+    cfg = TrainConfig(epochs=4, batch_size=8, lr=3e-3, augment=False, denoise=False, progress=False, kl_warmup=0.5)
     fit(model, real_images, real_images, cfg, tmp_path / "run", device="cpu", log=lambda *_: None)
     assert mse() < 0.6 * before
 
@@ -128,10 +137,23 @@ def test_ddp_two_processes_match_one(real_images, tmp_path):
     ddp = _weights(tmp_path / "ddp" / RESUME_DIR)
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["training"]["world_size"] == 2
+    init = tiny_model(real_images).state_dict()
     for key in single:
+        # Query/key biases of attention get (analytically) zero gradient: softmax ignores a
+        # per-query constant, so Adam turns float noise into +-lr steps there. Skip them.
+        if key.endswith("qkv.bias"):
+            continue
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=2e-5, msg=key)
-    moved = sum(float((single[k] - tiny_model(real_images).state_dict()[k]).abs().sum()) for k in single)
-    assert moved > 0  # the comparison is between trained weights, not two copies of the init
+    assert any(not torch.equal(single[k], init[k]) for k in single)  # trained, not two copies of the init
+    models = []
+    for state in (single, ddp):
+        model = tiny_model(real_images).eval()
+        model.load_state_dict(state)
+        models.append(model)
+    x = real_images.images.float() / 255
+    with torch.no_grad():
+        torch.testing.assert_close(models[1](x).recon, models[0](x).recon, rtol=0, atol=1e-4)
+        torch.testing.assert_close(models[1].predict_proba(x), models[0].predict_proba(x), rtol=0, atol=1e-4)
 
 
 def test_cli_pretrain_transfer_evaluate(imaging_root, tmp_path, capsys):
@@ -165,7 +187,7 @@ def test_cli_pretrain_transfer_evaluate(imaging_root, tmp_path, capsys):
 
     # user errors are one line and exit code 2
     assert main(["evaluate", "--model", str(fine), "--dataset", "pneumoniamnist", "--json"]) == 2
-    assert "trained for" in capsys.readouterr().err or True
+    assert "pneumoniamnist has classes" in capsys.readouterr().err
     assert main(["train", "--dataset", "breastmnist", "--init", str(pre), "--size", "64", "--quiet",
                  "--out", str(tmp_path / "bad")]) == 2
     assert "--size 32" in capsys.readouterr().err

@@ -120,7 +120,9 @@ def _disentanglement(train, test, attributes, seed: int) -> dict:
     metadata = pd.concat([train.metadata, test.metadata], ignore_index=True)
     codes = np.concatenate([train.mu, test.mu])
     factors, names, keep = factors_from_metadata(metadata, factor_attrs)
-    return disentanglement_scores(codes[keep], factors, names, seed=seed).to_dict()
+    from pumamed.explain.audit import _finite
+
+    return _finite(disentanglement_scores(codes[keep], factors, names, seed=seed).to_dict())
 
 
 def _fmt(value, digits: int = 3) -> str:

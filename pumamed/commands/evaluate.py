@@ -13,6 +13,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", help="cpu, cuda, mps (default: automatic)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--latency-repeats", type=int, default=30, help="timed single-image runs for the CPU latency")
+    p.add_argument("--threads", type=int, help="torch CPU threads for the latency measurement (default: torch's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_evaluate)
 
@@ -20,7 +21,15 @@ def register(subparsers) -> None:
 def run_evaluate(args) -> int:
     import json
 
+    from pumamed.errors import InputError
     from pumamed.net.evaluate import evaluate_checkpoint
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     result = evaluate_checkpoint(args.model, args.dataset, split=args.split, data_dir=args.data_dir,
                                  device=args.device, batch_size=args.batch_size,

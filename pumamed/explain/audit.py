@@ -96,6 +96,9 @@ def attribute_values(metadata: pd.DataFrame, attribute: str) -> AttributeValues:
     attribute = attribute.strip().lower().replace(" ", "_")
     column = _column_for(metadata, attribute)
     raw = [_clean(v) for v in metadata[column].tolist()]
+    if all(v is None for v in raw):
+        usable = ", ".join(available_attributes(metadata)) or "none"
+        raise InputError(f"this dataset has no '{attribute}' metadata (attributes it has: {usable})")
     if attribute in CONTINUOUS_ATTRIBUTES:
         numeric = pd.to_numeric(pd.Series(raw, dtype="object"), errors="coerce").to_numpy(dtype=float)
         values = np.array([None if np.isnan(v) else float(v) for v in numeric], dtype=object)
@@ -121,6 +124,8 @@ def available_attributes(metadata: pd.DataFrame, max_groups: int = 12) -> list[s
         if attribute != "age_group" and column in seen_columns:
             continue
         seen_columns.add(column)
+        if all(_clean(v) is None for v in metadata[column].tolist()):
+            continue  # the column exists but is empty for this dataset (e.g. density on chest X-rays)
         values = attribute_values(metadata, attribute)
         if values.kind == "continuous":
             if pd.to_numeric(pd.Series(values.values), errors="coerce").nunique() >= 5:
@@ -522,6 +527,7 @@ class SubgroupReport:
 
 
 def _finite(value):
+    """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python, floats rounded to 5 digits."""
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -116,7 +116,12 @@ class TraversalGrid:
         return self.images[where[0]]
 
     def column_labels(self) -> list[str]:
-        return [f"{t:+.1f} sd" for t in self.offsets]
+        """'-3 sd', '-2.25 sd', ..., '0 sd', ... (at most two decimals, no trailing zeros)."""
+        labels = []
+        for t in self.offsets:
+            text = f"{t:+.2f}".rstrip("0").rstrip(".")
+            labels.append("0 sd" if text in ("+0", "-0") else f"{text} sd")
+        return labels
 
     def row_labels(self, kl_per_dim=None) -> list[str]:
         if kl_per_dim is None:

@@ -11,6 +11,7 @@ Public API::
 
 from pumamed.net.checkpoint import LoadedModel, load_model, save_checkpoint
 from pumamed.net.model import ClassificationPath, PumaMedNet, PumaMedNetConfig, VAEOutput, count_parameters
+from pumamed.net.train import load_weight_maps
 
 __all__ = [
     "ClassificationPath",
@@ -20,5 +21,6 @@ __all__ = [
     "VAEOutput",
     "count_parameters",
     "load_model",
+    "load_weight_maps",
     "save_checkpoint",
 ]
