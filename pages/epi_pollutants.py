@@ -151,7 +151,8 @@ with guarded("Loading the air-quality data"):
     shown.loc[~shown["valid"].fillna(False).astype(bool), "value"] = np.nan
     c1, c2, c3 = st.columns(3)
     c1.metric("Stations with a valid annual mean", f"{int(shown['value'].notna().sum())}")
-    c2.metric("Stations failing the completeness rule", f"{int((block['valid'] == False).sum())}")  # noqa: E712
+    c2.metric("Failing completeness", f"{int((block['valid'] == False).sum())}",  # noqa: E712
+              help="Station-years with too few valid days (RAMA) or months (SINAICA) for an annual mean.")
     c3.metric("Median of station means", f"{shown['value'].median():.3g} {pollutant.unit}"
               if shown["value"].notna().any() else "–")
     figure = station_map(shown, "value", label=f"{pollutant.label} annual mean", unit=pollutant.unit,
@@ -205,7 +206,8 @@ with guarded("Loading the air-quality data"):
             c1, c2, c3 = st.columns(3)
             c1.metric(COVERAGE_LABELS["in_municipality"].capitalize(), f"{int(counts.get('in_municipality', 0)):,}")
             c2.metric(COVERAGE_LABELS["idw"].capitalize(), f"{int(counts.get('idw', 0)):,}")
-            c3.metric("Municipalities of those states without exposure", f"{int(counts.get('none', 0)):,}")
+            c3.metric("No station in range", f"{int(counts.get('none', 0)):,}",
+                      help="Municipalities of the states drawn that have no station within 50 km.")
             st.plotly_chart(style_figure(figure, base_height=520), width="stretch", key="pol_exposure_map")
             st.caption("Only the states with at least one covered municipality are drawn; grey municipalities have "
                        "no station in range. Exposure estimates away from stations are interpolations, not "

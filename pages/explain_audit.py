@@ -182,20 +182,13 @@ def _grey(array, title: str, height: int = 300):
     return style_figure(fig, height)
 
 
-def _frame_strip(cf):
-    """The counterfactual frames in one row, each titled with its shift and probability."""
-    n = len(cf.frames)
-    cols = min(n, 9)
-    fig = px.imshow(np.clip(cf.frames, 0, 1), facet_col=0, facet_col_wrap=cols, color_continuous_scale="gray",
-                    zmin=0, zmax=1, facet_col_spacing=0.01, facet_row_spacing=0.08)
-    for annotation in fig.layout.annotations:
-        i = int(annotation.text.split("=")[-1])
-        annotation.text = f"λ={cf.lambdas[i]:+.1f}<br>p={cf.probabilities[i]:.2f}"
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False)
-    fig.update_layout(coloraxis_showscale=False, title="frames along the latent shift")
-    rows = int(np.ceil(n / cols))
-    return style_figure(fig, 120 + 110 * rows)
+def _frame_strip(cf) -> bytes:
+    """The counterfactual frames as one pixel-exact PNG strip, each column labelled with its p."""
+    from pumamed.explain.export import grid_png
+
+    labels = [f"p={p:.2f}" for p in cf.probabilities]
+    scale = 2 if cf.frames.shape[-1] >= 64 else 3
+    return grid_png(np.clip(cf.frames, 0, 1)[None], None, labels, scale=scale)
 
 
 # ----------------------------------------------------------------------------- page
@@ -296,7 +289,9 @@ with tab_explain:
                                width="stretch")
             frames_col, curve_col = st.columns([3, 2])
             with frames_col:
-                st.plotly_chart(_frame_strip(cf), width="stretch")
+                st.image(_frame_strip(cf), width="stretch",
+                         caption="frames along the latent shift, λ from "
+                                 f"{cf.lambdas[0]:+.1f} to {cf.lambdas[-1]:+.1f} (left to right)")
                 st.download_button("Download GIF", gif, file_name=f"counterfactual_{selection['dataset']}_{index}.gif",
                                    mime="image/gif", icon=":material/download:")
             with curve_col:

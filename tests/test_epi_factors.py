@@ -120,6 +120,14 @@ def test_adequacy_on_structure_and_on_noise():
     assert kmo_label(0.95) == "marvellous" and kmo_label(0.42) == "unacceptable"
 
 
+def test_near_duplicate_indicators_are_named():
+    X, _, _ = planted(n=600, seed=12)
+    total = X["a1"] + X["a2"] + np.round(np.random.default_rng(0).normal(0, 0.01, len(X)), 3)
+    check = adequacy(X.assign(total=total))
+    assert "collinear" in check.verdict and "total" in check.verdict
+    assert "collinear" not in adequacy(X).verdict
+
+
 def test_bartlett_matches_the_textbook_formula():
     X, _, _ = planted(n=500, seed=8)
     n, p = X.shape

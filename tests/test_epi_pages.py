@@ -93,6 +93,17 @@ def test_factors_page_reproduces_conapo_with_one_factor(epi_root):
     _ok(at)
     assert at.selectbox(key="fa_factor").options == ["F1", "F2", "F3"]
 
+    # Poverty = extreme + moderate poverty (rounded): a doubtful set is flagged in words.
+    at.selectbox(key="fa_method").set_value("minres")
+    at.number_input(key="fa_k").set_value(1)
+    at.multiselect(key="fa_indicators").set_value(
+        ["ses_poverty_pct", "ses_extreme_poverty_pct", "ses_moderate_poverty_pct", "ses_hdi"])
+    at.run()
+    _ok(at)
+    verdict = " ".join(w.value for w in at.warning)
+    assert "Doubtful" in verdict and "collinear" in verdict, verdict
+    assert "Heywood" in verdict, verdict
+
 
 def test_pollutants_page_switches_pollutant_and_network(epi_root):
     at = _open("pages/epi_pollutants.py")

@@ -31,6 +31,9 @@ OBLIQUE_ROTATIONS = ("promax", "oblimin")
 KMO_LABELS = ((0.9, "marvellous"), (0.8, "meritorious"), (0.7, "middling"), (0.6, "mediocre"),
               (0.5, "miserable"), (0.0, "unacceptable"))
 
+# Variance inflation above which an indicator is reported as a near-duplicate of the others.
+NEAR_COLLINEAR_VIF = 1000.0
+
 # Eigenvalues below this fraction of the largest one mean the correlation matrix is singular
 # (a column is, numerically, a linear combination of the others).
 _SINGULAR_RTOL = 1e-10
@@ -174,6 +177,12 @@ def adequacy(X) -> Adequacy:
                    "drop the weakest indicators or use them separately.")
     if weak:
         verdict += f" Indicators with KMO below 0.5 (candidates to drop): {', '.join(weak)}."
+    # Near-singular sets (e.g. poverty = extreme + moderate poverty, rounded) pass the exact
+    # singularity check but make loadings unstable and produce Heywood cases: say so.
+    redundant = [c for c, vif in zip(complete.columns, np.diag(inverse)) if vif > NEAR_COLLINEAR_VIF]
+    if redundant:
+        verdict += (f" Almost exactly collinear (each is {1 - 1 / NEAR_COLLINEAR_VIF:.1%}+ explained by the "
+                    f"others, e.g. parts that add up to a total): {', '.join(redundant)}; keep only one of them.")
     return Adequacy(kmo_all, per_variable, chi2, df, p_value, n, n_total - n, verdict)
 
 

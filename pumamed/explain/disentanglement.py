@@ -233,7 +233,9 @@ def factors_from_metadata(metadata: pd.DataFrame, attributes, n_bins_continuous:
 
     Continuous attributes (age) are cut into ``n_bins_continuous`` quantile bins. Returns
     (N' x K factors, factor names, boolean mask of the rows kept). Attributes with fewer than two
-    distinct values are dropped (a constant factor has zero entropy and no gap to measure).
+    distinct values are dropped (a constant factor has zero entropy and no gap to measure), and so
+    are attributes known for less than ``min_coverage`` of the rows (in a mix of datasets, sex and
+    age exist for the chest X-rays only; keeping them would keep only those rows).
     """
     from pumamed.explain.audit import attribute_values
 
@@ -250,7 +252,7 @@ def factors_from_metadata(metadata: pd.DataFrame, attributes, n_bins_continuous:
             series = pd.Series(values.values, dtype="object")
             known = series.notna().to_numpy()
             codes = pd.Categorical(series.where(known, None)).codes
-        if np.unique(codes[known]).size < 2:
+        if np.unique(codes[known]).size < 2 or known.mean() < min_coverage:
             continue
         columns.append(np.asarray(codes, dtype=np.int64))
         names.append(values.name)
