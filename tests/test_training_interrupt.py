@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 3
 TRAIN_ARGS = ["train", "--dataset", "breastmnist", "--size", "32", "--widths", "8,16", "--latent", "8",
-              "--epochs", str(EPOCHS), "--batch-size", "16", "--max-steps-per-epoch", "8", "--quiet", "--no-test",
+              "--epochs", str(EPOCHS), "--batch-size", "16", "--max-steps-per-epoch", "4", "--quiet", "--no-test",
               "--seed", "3"]
 
 
@@ -53,6 +53,17 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, data_root):
     straight_out, killed_out = tmp_path / "straight", tmp_path / "killed"
     straight = _start(straight_out, env)
     killed = _start(killed_out, env)
+    try:
+        _interrupt_and_resume(straight, killed, straight_out, killed_out, env)
+    finally:
+        for proc in (straight, killed):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _interrupt_and_resume(straight, killed, straight_out: Path, killed_out: Path, env: dict) -> None:
+    from pumamed.net import load_model
 
     state = killed_out / "resume" / "training_state.json"
     deadline = time.time() + 150
@@ -70,7 +81,11 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, data_root):
     assert all(name.startswith(".") for name in leftovers), leftovers  # never under a real name
 
     resumed = _start(killed_out, env, "--resume")
-    _wait(resumed, 240, "the resumed run")
+    try:
+        _wait(resumed, 240, "the resumed run")
+    finally:
+        if resumed.poll() is None:
+            resumed.kill()
     _wait(straight, 240, "the uninterrupted run")
     assert "resuming after epoch" in killed_out.with_suffix(".log").read_text()
 

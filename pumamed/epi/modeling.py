@@ -394,6 +394,7 @@ def build_design(spec: ModelSpec) -> Design:
         base = merged[list(dict.fromkeys(needed))].copy()
         n_outcome = int(base[y_col].notna().sum())
         complete = base.dropna()
+        lost_cov = n_outcome - len(complete)  # rows with the outcome but a missing covariate
         if severity:
             zero = complete[spec.severity_denominator] <= 0
             if zero.any():
@@ -405,7 +406,6 @@ def build_design(spec: ModelSpec) -> Design:
         if n_outcome < len(base):
             notes.append(f"{len(base) - n_outcome} municipalities have no value of the outcome "
                          "(outside the source's coverage)")
-        lost_cov = n_outcome - len(complete)
         if lost_cov > 0:
             missing_by = base.loc[base[y_col].notna(), covariates].isna().sum()
             worst = missing_by[missing_by > 0].sort_values(ascending=False).head(4)
