@@ -307,8 +307,13 @@ if result.moran:
     cols[3].metric("Moran's I (residuals)", f"{result.moran['I']:.3f}", help=f"permutation p = {result.moran['p_value']:.3g}")
 st.caption(f"**{result.outcome_label}**; family: {result.family}; λ by the {result.spec.rule} rule "
            f"({'adaptive ' if result.spec.adaptive else ''}{'lasso' if result.spec.l1_ratio == 1 else 'elastic net'}).")
-for note in result.notes:
-    st.caption(f"• {note}")
+if is_presentation():  # talks: the data notes fold away, the figures keep the room
+    with st.expander("Data notes"):
+        for note in result.notes:
+            st.caption(f"• {note}")
+else:
+    for note in result.notes:
+        st.caption(f"• {note}")
 
 tab_glm, tab_boost, tab_space, tab_data = st.tabs(["Penalised GLM", "Boosting & SHAP", "Spatial checks", "Data"])
 

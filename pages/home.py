@@ -98,4 +98,4 @@ else:
                 "for the public-health files.",
                 icon=":material/info:",
             )
-        st.dataframe(table, hide_index=True, use_container_width=True)
+        st.dataframe(table, hide_index=True, width="stretch")

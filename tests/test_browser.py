@@ -114,6 +114,21 @@ def wait_for_script_idle(page, timeout_s: float = PAGE_TIMEOUT_S) -> None:
     raise AssertionError("the page was still running after the timeout")
 
 
+def wait_for_charts(page, timeout_s: float = 60) -> None:
+    """Wait until every plotly chart on the page has drawn its SVG/canvas, then let it settle,
+    so that screenshots show the figures rather than placeholders."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        pending = page.evaluate(
+            "() => Array.from(document.querySelectorAll('[data-testid=\"stPlotlyChart\"]'))"
+            ".filter(c => !c.querySelector('.main-svg, canvas')).length"
+        )
+        if pending == 0:
+            break
+        time.sleep(0.5)
+    time.sleep(1.0)
+
+
 @pytest.mark.parametrize("spec", PAGES, ids=[p.url_path for p in PAGES])
 @pytest.mark.parametrize("presentation", [False, True], ids=["normal", "presentation"])
 def test_page_opens_without_exception(server, browser, spec, presentation):
@@ -126,9 +141,12 @@ def test_page_opens_without_exception(server, browser, spec, presentation):
         path = "" if spec.default else spec.url_path
         page.goto(f"{server}/{path}", wait_until="domcontentloaded", timeout=60_000)
         wait_for_script_idle(page)
+        not_found = page.get_by_text("Page not found")
+        assert not_found.count() == 0, f"{spec.url_path}: Streamlit said 'Page not found'"
         if presentation:
-            page.get_by_text("Presentation mode").first.click()
+            page.get_by_text("Presentation mode").first.click(timeout=60_000, no_wait_after=True)
             wait_for_script_idle(page)
+        wait_for_charts(page)
         name = f"{spec.url_path}{'_presentation' if presentation else ''}.png"
         page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
         exceptions = page.locator('[data-testid="stException"]')

@@ -47,8 +47,6 @@ def _wait(proc: subprocess.Popen, timeout: float, what: str) -> None:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, data_root):
-    from pumamed.net import load_model
-
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PUMAMED_DATA_DIR=str(data_root))
     straight_out, killed_out = tmp_path / "straight", tmp_path / "killed"
     straight = _start(straight_out, env)

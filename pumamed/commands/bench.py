@@ -9,6 +9,7 @@ BENCHMARKS = (
     ("train", "PumaMedNet training throughput vs MONAI VarAutoEncoder / Pythae BetaVAE", "pumamed.bench.train"),
     ("map", "national choropleth build time, warm vs cold", "pumamed.bench.map"),
     ("epi", "the diabetes-models page pipeline for all municipalities", "pumamed.bench.epi"),
+    ("load", "concurrent browser sessions on one server: exceptions, memory, model loads", "pumamed.bench.load"),
 )
 
 
