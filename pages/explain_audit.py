@@ -331,11 +331,14 @@ with tab_attr:
                        "one dimension moved from −2.5 to +2.5 sd, with the class probability of each decoded frame.")
             top = table.head(k)
             fig = go.Figure()
-            fig.add_bar(x=[f"z{d}" for d in top["dim"]], y=top["abs_grad_x_input"], name="|grad × input|")
+            fig.add_bar(x=[f"z{d}" for d in top["dim"]], y=top["abs_grad_x_input"], name="|grad × input|",
+                        offsetgroup=1)
             if top["weight_x_sd"].notna().any():
+                # two scales, bars side by side (offsetgroup) rather than on top of each other
                 fig.add_bar(x=[f"z{d}" for d in top["dim"]], y=top["weight_x_sd"].abs(), name="|weight × sd|",
-                            yaxis="y2", opacity=0.6)
-                fig.update_layout(yaxis2=dict(overlaying="y", side="right", title="|weight × sd|"),
+                            yaxis="y2", offsetgroup=2)
+                fig.update_layout(yaxis2=dict(overlaying="y", side="right", title="|weight × sd|",
+                                              rangemode="tozero", showgrid=False),
                                   barmode="group")
             fig.update_layout(title="attribution per dimension", yaxis_title="|grad × input|")
             st.plotly_chart(style_figure(fig, 320), width="stretch")
@@ -344,7 +347,8 @@ with tab_attr:
             rows = [f"z{d}" for d in thumbs.dims]
             cols = [f"{o:+.1f}" for o in thumbs.offsets]
             st.image(grid_png(thumbs.images, rows, cols, scale=2 if not is_presentation() else 3),
-                     caption="traversal thumbnails (rows: dimensions by importance; columns: shift in sd)")
+                     caption="traversal thumbnails (rows: dimensions by importance; columns: shift in sd)",
+                     width=900 if is_presentation() else 620)
             probs = pd.DataFrame(thumbs.probabilities, index=rows, columns=cols)
             st.dataframe(probs.style.format("{:.2f}").background_gradient(cmap="RdBu_r", vmin=0, vmax=1),
                          width="stretch")
@@ -426,10 +430,10 @@ with tab_audit:
                         mt = report.mitigation.table
                         st.dataframe(mt[["strategy", "directions_removed", "auc", "auc_gap", "tpr_gap", "fpr_gap",
                                          "attribute_leakage"]].round(3), hide_index=True, width="stretch")
-                        fig = px.scatter(mt, x="auc_gap", y="auc", text="strategy",
+                        fig = px.scatter(mt, x="auc_gap", y="auc", color="strategy", symbol="strategy",
                                          title="overall AUC vs largest AUC gap (up-left is better)",
                                          labels={"auc_gap": "largest AUC gap between groups", "auc": "overall AUC"})
-                        fig.update_traces(textposition="top center")
+                        fig.update_traces(marker_size=14)
                         st.plotly_chart(style_figure(fig, 340), width="stretch")
                         for note in report.mitigation.notes:
                             st.caption(f"Note: {note}")
@@ -442,7 +446,9 @@ with tab_audit:
                         grid = traverse_dimensions(loaded.model, codes.mu[index % len(codes)], dims,
                                                    scale=codes.mu.std(axis=0), n_steps=7)
                         st.image(grid_png(grid.images, [f"z{d}" for d in dims], [f"{o:+.1f}" for o in grid.offsets]),
-                                 caption=f"traversals of the dimensions that encode {report.attribute}")
+                                 caption=f"traversals of the dimensions that encode {report.attribute} "
+                                         "(columns: shift in sd of the dimension)",
+                                 width=900 if is_presentation() else 620)
             else:
                 st.caption("Choose an attribute and press **Run audit** (a few seconds to a minute on a CPU).")
 

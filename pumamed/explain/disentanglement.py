@@ -227,8 +227,8 @@ def disentanglement_scores(codes, factors, factor_names=None, seed: int = 0,
 
 
 # ----------------------------------------------------------------------------- metadata factors
-def factors_from_metadata(metadata: pd.DataFrame, attributes, n_bins_continuous: int = 4
-                          ) -> tuple[np.ndarray, list[str], np.ndarray]:
+def factors_from_metadata(metadata: pd.DataFrame, attributes, n_bins_continuous: int = 4,
+                          min_coverage: float = 0.5) -> tuple[np.ndarray, list[str], np.ndarray]:
     """Integer-coded factors from metadata columns, for the rows where all of them are known.
 
     Continuous attributes (age) are cut into ``n_bins_continuous`` quantile bins. Returns
