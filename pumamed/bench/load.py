@@ -105,9 +105,10 @@ class MemorySampler(threading.Thread):
         self.pid, self.interval = pid, interval
         self.samples: list[tuple[float, int]] = []
         self.stop = threading.Event()
+        self.t0 = time.time()
 
     def run(self) -> None:
-        start = time.time()
+        start = self.t0
         while not self.stop.is_set():
             value = rss_bytes(self.pid)
             if value is not None:
@@ -182,8 +183,8 @@ async def _timed(stats: dict, key: str, coroutine) -> None:
 
 
 async def _move_slider(page, index: int) -> bool:
-    sliders = page.locator('[data-testid="stMain"] [data-testid="stSlider"] [role="slider"], '
-                           '[data-testid="stSidebar"] [data-testid="stSlider"] [role="slider"]')
+    # Streamlit >= 1.5x renders the slider thumb as a visually hidden <input type="range">.
+    sliders = page.locator('[data-testid="stSlider"] input[type="range"], [data-testid="stSlider"] [role="slider"]')
     n = await sliders.count()
     if not n:
         return False
@@ -199,7 +200,7 @@ async def _change_select(page, index: int) -> bool:
     if not n:
         return False
     await boxes.nth(index % n).click()
-    options = page.locator('li[role="option"]')
+    options = page.locator('[role="listbox"] [role="option"]')
     try:
         await options.first.wait_for(timeout=5000)
     except Exception:  # noqa: BLE001 - a select with one option
@@ -225,8 +226,11 @@ async def _session(browser, base: str, pages: list[str], deadline: float, timeou
     page = await context.new_page()
     page.on("pageerror", lambda err: stats["js_errors"].append(str(err)[:200]))
     step = number
+    first_cycle = True
     try:
         while time.time() < deadline:
+            if not first_cycle:
+                stats["cycles"] += 1
             for name in pages:
                 if time.time() >= deadline:
                     break
@@ -246,6 +250,10 @@ async def _session(browser, base: str, pages: list[str], deadline: float, timeou
                 except Exception as exc:  # noqa: BLE001 - a timeout is a result, not a crash
                     stats["timeouts" if "imeout" in type(exc).__name__ + str(exc) else "driver_errors"] += 1
                     stats["driver_error_texts"].append(f"{where}: {type(exc).__name__}: {str(exc)[:160]}")
+            if first_cycle:
+                # Every page seen once by this session: caches are warm from here on.
+                stats["first_cycle_done"].append(time.time())
+                first_cycle = False
     finally:
         await context.close()
 
@@ -339,7 +347,7 @@ def run(args) -> int:
     sampler = MemorySampler(server.pid)
     stats = {"exceptions": 0, "errors_shown": 0, "page_visits": 0, "interactions": 0, "timeouts": 0,
              "driver_errors": 0, "blocked_requests": 0, "js_errors": [], "exception_texts": {}, "error_texts": {},
-             "driver_error_texts": [], "latency": {}}
+             "driver_error_texts": [], "latency": {}, "cycles": 0, "first_cycle_done": []}
     try:
         _wait_for_port(server, port, args.startup_timeout, log_path)
         sampler.start()
@@ -359,11 +367,17 @@ def run(args) -> int:
             server.kill()
             server.wait()
     counts = _counts(log_path)
+    # Warm-up ends after --warmup seconds of load or when every session has seen every page once
+    # (the first visits build the caches: model, dataset, panel, fitted models), whichever is later.
+    if len(stats["first_cycle_done"]) == args.sessions:
+        warmup = max(warmup, max(stats["first_cycle_done"]) - sampler.t0 - load_start)
+    else:
+        warmup = max(warmup, args.duration)  # some session never finished a cycle: no steady state
     latency = {key: {"median_s": round(statistics.median(values), 2), "max_s": round(max(values), 2), "n": len(values)}
                for key, values in sorted(stats.pop("latency").items())}
     result = {
         "sessions": args.sessions, "duration_s": args.duration, "wall_s": round(wall, 1), "pages": pages,
-        "warmup_s": warmup, **{k: stats[k] for k in ("page_visits", "interactions", "exceptions", "errors_shown",
+        "warmup_s": round(warmup, 1), **{k: stats[k] for k in ("page_visits", "cycles", "interactions", "exceptions", "errors_shown",
                                                       "timeouts", "driver_errors", "blocked_requests")},
         "model_loads": counts["model_load"], "epi_model_fits": counts["epi_fit"],
         "memory": memory_summary(sampler.samples, load_start, warmup), "latency": latency,

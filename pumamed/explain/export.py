@@ -77,7 +77,7 @@ def grid_image(images, row_labels=None, column_labels=None, scale: int = 2, pad:
 def grid_png(images, row_labels=None, column_labels=None, scale: int = 2, title: str | None = None) -> bytes:
     """The grid of :func:`grid_image` encoded as PNG bytes (for ``st.download_button``)."""
     buffer = io.BytesIO()
-    grid_image(images, row_labels, column_labels, scale=scale, title=title).save(buffer, format="PNG", compress_level=3)
+    grid_image(images, row_labels, column_labels, scale=scale, title=title).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 
