@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages._frame import PRESENTATION_KEY, apply_presentation_style, available_pages
+from views._frame import PRESENTATION_KEY, apply_presentation_style, available_pages
 
 st.set_page_config(page_title="PumaMed Explorer", page_icon=":material/biotech:", layout="wide")
 

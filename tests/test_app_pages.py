@@ -6,7 +6,7 @@ import pytest
 from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
-from pages._frame import PAGES, available_pages
+from views._frame import PAGES, available_pages
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 180  # first runs train nothing, but may load models and fit statistics on real data
@@ -17,7 +17,7 @@ def _run_page(page_file: str, presentation: bool = False) -> AppTest:
     if presentation:
         at.session_state["presentation_mode"] = True
     at.run()
-    if page_file != "pages/home.py":
+    if page_file != "views/home.py":
         at.switch_page(page_file)
         at.run()
     return at
@@ -42,7 +42,7 @@ def test_page_renders_in_presentation_mode(page):
 
 
 def test_home_lists_datasets_and_device(data_root):
-    at = _run_page("pages/home.py")
+    at = _run_page("views/home.py")
     labels = [m.label for m in at.metric]
     assert "Compute device" in labels
     assert at.dataframe, "the datasets table is missing"

@@ -542,7 +542,7 @@ def test_ui_image_explorer_bad_uploads(monkeypatch, ui_models, imaging_root):
     monkeypatch.setenv("PUMAMED_MODELS_DIR", str(ui_models))
     at = AppTest.from_file(APP, default_timeout=180)
     at.run()
-    at.switch_page("pages/image_explorer.py")
+    at.switch_page("views/image_explorer.py")
     at.session_state["ie_source"] = "Upload"
     at.run()
     assert not at.exception
@@ -572,7 +572,7 @@ def test_ui_models_page_bad_tables(epi_root):
 
     at = AppTest.from_file(APP, default_timeout=300)
     at.run()
-    at.switch_page("pages/epi_models.py")
+    at.switch_page("views/epi_models.py")
     at.session_state["models_outcome_kind"] = "Upload a table"
     at.run()
     assert not at.exception, [e.value for e in at.exception]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pages._frame import PAGES
+from views._frame import PAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = os.environ.get("PUMAMED_CHROMIUM", "/usr/bin/chromium")

@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGE = "pages/epi_models.py"
+PAGE = "views/epi_models.py"
 TIMEOUT = 300
 
 

@@ -38,7 +38,7 @@ def _metric(at: AppTest, label_start: str) -> str:
 
 
 def test_map_page_changes_variable_scheme_and_state(epi_root):
-    at = _open("pages/epi_map.py")
+    at = _open("views/epi_map.py")
     _ok(at)
     assert at.selectbox(key="map_variable").value == "ses_marginalization_index"
     assert _metric(at, "Municipalities with data") == "2,469 / 2,469"
@@ -59,7 +59,7 @@ def test_map_page_changes_variable_scheme_and_state(epi_root):
 
 
 def test_map_page_other_theme(epi_root):
-    at = _open("pages/epi_map.py", presentation=True)
+    at = _open("views/epi_map.py", presentation=True)
     _ok(at)
     at.selectbox(key="map_group").set_value("pollutant")
     at.run()
@@ -70,7 +70,7 @@ def test_map_page_other_theme(epi_root):
 
 
 def test_factors_page_reproduces_conapo_with_one_factor(epi_root):
-    at = _open("pages/epi_factors.py")
+    at = _open("views/epi_factors.py")
     _ok(at)
     assert len(at.multiselect(key="fa_indicators").value) == 9
     assert float(_metric(at, "KMO")) > 0.7
@@ -106,7 +106,7 @@ def test_factors_page_reproduces_conapo_with_one_factor(epi_root):
 
 
 def test_pollutants_page_switches_pollutant_and_network(epi_root):
-    at = _open("pages/epi_pollutants.py")
+    at = _open("views/epi_pollutants.py")
     _ok(at)
     assert int(_metric(at, "Stations with a valid annual mean")) > 0
     at.selectbox(key="pol_pollutant").set_value("o3")
@@ -121,7 +121,7 @@ def test_pollutants_page_switches_pollutant_and_network(epi_root):
     assert any(df.value.columns.tolist()[:2] == ["variable", "vif"] for df in at.dataframe)
 
 
-@pytest.mark.parametrize("page", ["pages/epi_map.py", "pages/epi_factors.py", "pages/epi_pollutants.py"])
+@pytest.mark.parametrize("page", ["views/epi_map.py", "views/epi_factors.py", "views/epi_pollutants.py"])
 def test_pages_without_data_say_what_is_missing(page, tmp_path, monkeypatch):
     monkeypatch.setenv("PUMAMED_DATA_DIR", str(tmp_path))
     at = _open(page)

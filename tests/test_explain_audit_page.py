@@ -10,7 +10,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGE = "pages/explain_audit.py"
+PAGE = "views/explain_audit.py"
 TIMEOUT = 240
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-PAGE = "pages/image_explorer.py"
+PAGE = "views/image_explorer.py"
 TIMEOUT = 180
 MASK_TAB = ":material/ink_eraser: Masked reconstruction"
 MAP_TAB = ":material/scatter_plot: Latent map"

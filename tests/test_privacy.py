@@ -187,7 +187,7 @@ def test_explorer_page_never_shows_logs_exports_or_caches_phi(monkeypatch, tmp_p
 
     at = AppTest.from_file(APP, default_timeout=240)
     at.run()
-    at.switch_page("pages/image_explorer.py")
+    at.switch_page("views/image_explorer.py")
     at.session_state["ie_source"] = "Upload"
     at.run()
     at.file_uploader(key="ie_upload").set_value(("scan.dcm", phi_dicom(), "application/dicom"))

@@ -1,4 +1,4 @@
-"""Safe loading: nothing under ``pumamed/`` or ``pages/`` unpickles a file, and a planted malicious
+"""Safe loading: nothing under ``pumamed/`` or ``views/`` unpickles a file, and a planted malicious
 pickle is refused by every loader a user can point at it.
 
 1. A source scan (Python ``ast``, so comments and strings do not count) forbids

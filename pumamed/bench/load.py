@@ -151,8 +151,9 @@ async def _idle(page, timeout: float) -> None:
         state = await page.evaluate(
             "() => { const a = document.querySelector('[data-testid=\"stApp\"]');"
             " return a ? a.getAttribute('data-test-script-state') : null; }")
-        running = state == "running" or await page.locator('[data-testid="stStatusWidget"]').count() > 0
-        if not running:
+        # Only "notRunning" is idle: "initial" (script not started yet, e.g. a busy server) is not.
+        busy = state != "notRunning" or await page.locator('[data-testid="stStatusWidget"]').count() > 0
+        if not busy:
             idle_since = idle_since or time.time()
             if time.time() - idle_since >= 1.5:
                 return
@@ -247,6 +248,8 @@ async def _session(browser, base: str, pages: list[str], deadline: float, timeou
                             await _timed(stats, f"{name}_interaction", _idle(page, timeout))
                             stats["interactions"] += 1
                             await _count(page, stats, where)
+                        else:
+                            stats["actions_skipped"][action.__name__] = stats["actions_skipped"].get(action.__name__, 0) + 1
                 except Exception as exc:  # noqa: BLE001 - a timeout is a result, not a crash
                     stats["timeouts" if "imeout" in type(exc).__name__ + str(exc) else "driver_errors"] += 1
                     stats["driver_error_texts"].append(f"{where}: {type(exc).__name__}: {str(exc)[:160]}")
@@ -347,7 +350,8 @@ def run(args) -> int:
     sampler = MemorySampler(server.pid)
     stats = {"exceptions": 0, "errors_shown": 0, "page_visits": 0, "interactions": 0, "timeouts": 0,
              "driver_errors": 0, "blocked_requests": 0, "js_errors": [], "exception_texts": {}, "error_texts": {},
-             "driver_error_texts": [], "latency": {}, "cycles": 0, "first_cycle_done": []}
+             "driver_error_texts": [], "latency": {}, "cycles": 0, "first_cycle_done": [],
+             "actions_skipped": {}}
     try:
         _wait_for_port(server, port, args.startup_timeout, log_path)
         sampler.start()
@@ -383,6 +387,10 @@ def run(args) -> int:
         "memory": memory_summary(sampler.samples, load_start, warmup), "latency": latency,
         "exception_texts": stats["exception_texts"], "error_texts": stats["error_texts"],
         "js_errors": stats["js_errors"][:5], "driver_error_texts": stats["driver_error_texts"][:5],
+        "actions_skipped": stats["actions_skipped"],
+        # RSS every ~5 s (seconds since the server listened, MiB), to judge the shape of the curve
+        "rss_series": [(round(t, 1), round(v / 2**20, 1)) for t, v in sampler.samples[::5]],
+        "load_start_s": round(load_start, 1),
         "server_log": str(log_path), "cpu_count": os.cpu_count(),
     }
     if args.json:

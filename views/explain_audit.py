@@ -17,7 +17,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._frame import (
+from views._frame import (
     controls,
     data_dir,
     guarded,

@@ -20,7 +20,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._frame import controls, data_dir, guarded, is_presentation, missing_data_message, models_dir, \
+from views._frame import controls, data_dir, guarded, is_presentation, missing_data_message, models_dir, \
     show_error, style_figure
 from pumamed.catalog import CONFIG_FILE, WEIGHTS_FILE, describe_checkpoint, list_checkpoints
 from pumamed.errors import CheckpointError, InputError, PumaMedError

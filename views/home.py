@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from pages._frame import data_dir, guarded, is_presentation, models_dir
+from views._frame import data_dir, guarded, is_presentation, models_dir
 from pumamed.catalog import list_checkpoints
 from pumamed.config import device_description, select_device
 from pumamed.datacheck import BROKEN, MISSING, OK, check_data_dir

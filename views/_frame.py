@@ -32,13 +32,13 @@ class PageSpec:
 # The router (app.py), the AppTest suite and the browser test all read this list, so a page
 # added here is served and tested without touching anything else.
 PAGES: tuple[PageSpec, ...] = (
-    PageSpec("Overview", "pages/home.py", "Home", ":material/home:", "home", default=True),
-    PageSpec("Imaging", "pages/image_explorer.py", "Image explorer", ":material/image_search:", "image_explorer"),
-    PageSpec("Imaging", "pages/explain_audit.py", "Explain & audit", ":material/policy:", "explain_audit"),
-    PageSpec("Public health", "pages/epi_map.py", "Municipal map", ":material/map:", "municipal_map"),
-    PageSpec("Public health", "pages/epi_factors.py", "Socioeconomic factors", ":material/analytics:", "socioeconomic_factors"),
-    PageSpec("Public health", "pages/epi_pollutants.py", "Air pollutants", ":material/air:", "air_pollutants"),
-    PageSpec("Public health", "pages/epi_models.py", "Diabetes models", ":material/query_stats:", "diabetes_models"),
+    PageSpec("Overview", "views/home.py", "Home", ":material/home:", "home", default=True),
+    PageSpec("Imaging", "views/image_explorer.py", "Image explorer", ":material/image_search:", "image_explorer"),
+    PageSpec("Imaging", "views/explain_audit.py", "Explain & audit", ":material/policy:", "explain_audit"),
+    PageSpec("Public health", "views/epi_map.py", "Municipal map", ":material/map:", "municipal_map"),
+    PageSpec("Public health", "views/epi_factors.py", "Socioeconomic factors", ":material/analytics:", "socioeconomic_factors"),
+    PageSpec("Public health", "views/epi_pollutants.py", "Air pollutants", ":material/air:", "air_pollutants"),
+    PageSpec("Public health", "views/epi_models.py", "Diabetes models", ":material/query_stats:", "diabetes_models"),
 )
 
 

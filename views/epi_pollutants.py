@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._frame import controls, data_dir, guarded, missing_data_message, style_figure
+from views._frame import controls, data_dir, guarded, missing_data_message, style_figure
 from pumamed.epi.factors import correlation_table, variance_inflation
 from pumamed.epi.geometry import MUNICIPALITY_RDATA
 from pumamed.epi.io import epi_dir

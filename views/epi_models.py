@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._frame import controls, guarded, is_presentation, missing_data_message, show_error, style_figure
+from views._frame import controls, guarded, is_presentation, missing_data_message, show_error, style_figure
 from pumamed.errors import PumaMedError
 
 OUTCOME_KINDS = ("Count (rate per population)", "Severity (proportion)", "Simulated (planted effects)",

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages._frame import controls, data_dir, guarded, is_presentation, missing_data_message, style_figure
+from views._frame import controls, data_dir, guarded, is_presentation, missing_data_message, style_figure
 from pumamed.epi.geometry import MUNICIPALITY_RDATA
 from pumamed.epi.io import epi_dir
 from pumamed.epi.mapping import PALETTES, SCHEMES, municipal_choropleth, state_choices

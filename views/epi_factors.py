@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from pages._frame import controls, data_dir, guarded, is_presentation, missing_data_message, style_figure
+from views._frame import controls, data_dir, guarded, is_presentation, missing_data_message, style_figure
 from pumamed.epi.factors import (
     METHODS,
     VALIDATION_VARIABLE,
