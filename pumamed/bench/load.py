@@ -196,7 +196,12 @@ async def _move_slider(page, index: int) -> bool:
 
 
 async def _change_select(page, index: int) -> bool:
-    boxes = page.locator('[data-testid="stSelectbox"]')
+    # Select boxes of the page body (the explorer's export / projection choices, the models page's
+    # explained covariate): what users flip while looking at results. Sidebar inputs change the
+    # model or the data, each a new computation; they are used only when the body has none.
+    boxes = page.locator('[data-testid="stMain"] [data-testid="stSelectbox"]')
+    if not await boxes.count():
+        boxes = page.locator('[data-testid="stSelectbox"]')
     n = await boxes.count()
     if not n:
         return False
@@ -225,6 +230,7 @@ async def _session(browser, base: str, pages: list[str], deadline: float, timeou
 
     await context.route("**/*", local_only)
     page = await context.new_page()
+    page.set_default_timeout(timeout * 1000)  # a busy server is slow, not broken
     page.on("pageerror", lambda err: stats["js_errors"].append(str(err)[:200]))
     step = number
     first_cycle = True
