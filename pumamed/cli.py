@@ -27,8 +27,15 @@ COMMAND_MODULES = (
 )
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line (``error: ...``, exit 2), like every other CLI error."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="python -m pumamed",
         description="PumaMed Explorer: PumaMedNet imaging models and municipal diabetes analysis.",
     )

@@ -103,7 +103,9 @@ def wait_for_script_idle(page, timeout_s: float = PAGE_TIMEOUT_S) -> None:
             "() => { const a = document.querySelector('[data-testid=\"stApp\"]');"
             " return a ? a.getAttribute('data-test-script-state') : null; }"
         )
-        running = state == "running" or page.locator('[data-testid="stStatusWidget"]').count() > 0
+        # "initial" means the script has not started yet: not idle.
+        running = (state in ("running", "initial") or
+                   page.locator('[data-testid="stStatusWidget"]').count() > 0)
         if not running:
             idle_since = idle_since or time.time()
             if time.time() - idle_since >= 2.0:

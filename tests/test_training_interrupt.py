@@ -154,7 +154,21 @@ def test_killed_saves_never_leave_a_torn_checkpoint(tmp_path):
     saves = len(counter.read_text()) if counter.exists() else 0
     assert saves >= trials, f"the writer barely wrote ({saves} saves): the test proves little"
     assert reads > trials
-    # interrupted writes leave only hidden temporary files, never a file under a real name
+    # interrupted writes leave only hidden temporary files (ours: ".<name>.*.tmp"; safetensors' own
+    # writer: ".tmpXXXXXX"), never a file under a real name
     for path in folder.iterdir():
         assert path.name in {"model.safetensors", "config.json", "metrics.json", "model_card.md"} or \
-            (path.name.startswith(".") and path.name.endswith(".tmp")), path.name
+            path.name.startswith("."), path.name
+
+
+def test_checkpoint_files_are_readable_like_other_files(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the final files must follow the umask like any
+    other file, so a lab's shared server (another account) can read models and metrics."""
+    from pumamed.net import save_checkpoint
+
+    folder = save_checkpoint(tmp_path / "ckpt", _model(0))
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "config.json", "metrics.json", "model_card.md"):
+        mode = (folder / name).stat().st_mode & 0o777
+        assert mode == 0o666 & ~umask, f"{name}: mode {oct(mode)}"

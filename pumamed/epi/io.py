@@ -175,6 +175,11 @@ def decode_bytes(raw: bytes, encoding: str | None = None) -> tuple[str, str, str
             return raw.decode(encoding), encoding, ""
         except (UnicodeDecodeError, LookupError) as exc:
             raise DataError(f"the file cannot be decoded as {encoding}: {exc}") from exc
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 with BOM (Excel's "Unicode text")
+        try:
+            return raw.decode("utf-16"), "utf-16", "file is UTF-16; decoded as utf-16"
+        except UnicodeDecodeError:
+            pass
     for candidate in FALLBACK_ENCODINGS:
         try:
             text = raw.decode(candidate)

@@ -239,6 +239,8 @@ def _read_user_table(spec: ModelSpec) -> pd.DataFrame:
     except ImportError as exc:  # pragma: no cover - the data layer ships it
         raise DataError("reading outcome tables needs pumamed.epi.outcomes") from exc
     source = io.BytesIO(spec.table_bytes) if spec.table_bytes is not None else spec.table_path
+    if spec.table_bytes is not None:
+        source.name = spec.table_name  # messages name the file; .xlsx is recognised by name
     if source is None:
         raise InputError("a table outcome needs a CSV file")
     table = read_outcome_table(source, count_col=spec.count_col, code_col=spec.code_col,

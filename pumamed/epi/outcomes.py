@@ -532,6 +532,9 @@ def read_outcome_table(path_or_buffer, count_col: str, code_col: str = "CVEGEO",
     missing = [c for c in needed if c not in frame.columns]
     if missing:
         raise DataError(f"{name}: missing column(s) {missing}; the table has {list(frame.columns)[:15]}")
+    repeated = [c for c in needed if f"{c}.1" in frame.columns]
+    if repeated:
+        raise DataError(f"{name}: column(s) {repeated} appear more than once; keep one of each")
     if state_col:
         codes = cvegeo_from_parts(frame[state_col], frame[code_col])
         codes = normalize_cvegeo(codes, name=f"{state_col}+{code_col}")

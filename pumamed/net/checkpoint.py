@@ -78,6 +78,11 @@ def _atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates 0600 files (and writers may recreate them): give the final file the mode
+        # of any other new file, so a shared server's other accounts can read checkpoints.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -134,7 +139,11 @@ def build_model(config: dict) -> torch.nn.Module:
     if arch == "pumamednet":
         from pumamed.net.model import PumaMedNet, PumaMedNetConfig
 
-        return PumaMedNet(PumaMedNetConfig.from_dict(model_cfg))
+        model_config = PumaMedNetConfig.from_dict(model_cfg)
+        try:
+            return PumaMedNet(model_config)
+        except (RuntimeError, MemoryError) as exc:  # e.g. a config declaring 10**9 latent dimensions
+            raise CheckpointError(f"config.json describes a model that cannot be built here ({type(exc).__name__})") from exc
     if arch == "resnet18":
         from pumamed.net.baseline import ResNet18Classifier, ResNetConfig
 
@@ -251,7 +260,7 @@ def load_model(path, device=None) -> LoadedModel:
     if (folder / METRICS_FILE).is_file():
         try:
             metrics = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{folder / METRICS_FILE} is not valid JSON ({exc})") from exc
     card = (folder / CARD_FILE).read_text(encoding="utf-8", errors="replace") if (folder / CARD_FILE).is_file() else ""
     device = torch.device(device) if device is not None else select_device()
@@ -287,7 +296,10 @@ def load_training_state(folder, optimizer: torch.optim.Optimizer, scheduler=None
     folder = Path(folder)
     if not (folder / STATE_JSON_FILE).is_file():
         raise CheckpointError(f"cannot resume: {folder} has no {STATE_JSON_FILE} (was it written by an older run?)")
-    payload = json.loads((folder / STATE_JSON_FILE).read_text(encoding="utf-8"))
+    try:
+        payload = json.loads((folder / STATE_JSON_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot resume: {folder / STATE_JSON_FILE} is not valid JSON ({exc})") from exc
     tensors = read_tensors(folder / STATE_WEIGHTS_FILE)
     state: dict[int, dict] = {}
     for key, value in tensors.items():

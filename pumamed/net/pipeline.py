@@ -158,6 +158,9 @@ def run(spec: RunSpec, log=print) -> dict:
         spec.widths = tuple(init_model_cfg.get("widths", spec.widths))
         spec.weight_map = init_model_cfg.get("weight_map", spec.weight_map)
 
+    from pumamed.config import seed_everything
+
+    seed_everything(spec.train.seed)  # the initial weights depend on the seed, not on the process
     model = build_model(spec, train)
     device = select_device()
     meta = {"data": {"datasets": names, "size": spec.size, "n_train": len(train), "n_val": len(val),
