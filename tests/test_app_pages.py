@@ -6,6 +6,7 @@ import pytest
 from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
+from tests.apptest import open_page
 from views._frame import PAGES, available_pages
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -13,14 +14,7 @@ TIMEOUT = 180  # first runs train nothing, but may load models and fit statistic
 
 
 def _run_page(page_file: str, presentation: bool = False) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    if presentation:
-        at.session_state["presentation_mode"] = True
-    at.run()
-    if page_file != "views/home.py":
-        at.switch_page(page_file)
-        at.run()
-    return at
+    return open_page(page_file, presentation, timeout=TIMEOUT)
 
 
 def test_every_registered_page_file_exists():

@@ -7,19 +7,15 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.apptest import open_page
+
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "views/epi_models.py"
 TIMEOUT = 300
 
 
 def _open(presentation=False) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    if presentation:
-        at.session_state["presentation_mode"] = True
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
-    return at
+    return open_page(PAGE, presentation, timeout=TIMEOUT)
 
 
 def _no_errors(at: AppTest):

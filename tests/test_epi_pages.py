@@ -11,18 +11,14 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.apptest import open_page
+
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 300  # the first run of a process assembles the panel (tens of seconds on 2 busy cores)
 
 
 def _open(page: str, presentation: bool = False) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    if presentation:
-        at.session_state["presentation_mode"] = True
-    at.run()
-    at.switch_page(page)
-    at.run()
-    return at
+    return open_page(page, presentation, timeout=TIMEOUT)
 
 
 def _ok(at: AppTest) -> None:

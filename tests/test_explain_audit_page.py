@@ -9,6 +9,8 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from tests.apptest import open_page
+
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "views/explain_audit.py"
 TIMEOUT = 240
@@ -30,12 +32,7 @@ def models_root(tmp_path_factory, imaging_root):
 
 def _open(monkeypatch, models: Path, presentation: bool = False) -> AppTest:
     monkeypatch.setenv("PUMAMED_MODELS_DIR", str(models))
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    if presentation:
-        at.session_state["presentation_mode"] = True
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
+    at = open_page(PAGE, presentation, timeout=TIMEOUT)
     assert not at.exception, [e.value for e in at.exception]
     return at
 
