@@ -22,6 +22,21 @@ if not os.environ.get(config.DATA_DIR_ENV) and SHARED_DATA.exists():
     os.environ[config.DATA_DIR_ENV] = str(SHARED_DATA)
 
 
+# The smallest PumaMedNet the model tests build (32 px, three levels, 8 latent dimensions).
+TINY_PUMAMEDNET = dict(image_size=32, latent_dim=8, widths=(8, 16, 32), attention_resolution=8, groups=4)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine a second thread mostly spins and waits."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _require(path: Path, what: str) -> Path:
     if path.exists():
         return path

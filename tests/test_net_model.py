@@ -5,19 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import TINY_PUMAMEDNET
 from pumamed.errors import CheckpointError
 from pumamed.net import ClassificationPath, PumaMedNet, PumaMedNetConfig, count_parameters
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine a second thread mostly spins and waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-TINY = dict(image_size=32, latent_dim=8, widths=(8, 16, 32), attention_resolution=8, groups=4)
+TINY = TINY_PUMAMEDNET
 
 
 def tiny(**kw) -> PumaMedNet:

@@ -9,6 +9,7 @@ import socket
 import pytest
 import torch
 
+from tests.conftest import TINY_PUMAMEDNET
 from pumamed.cli import main
 from pumamed.net import PumaMedNet, PumaMedNetConfig
 from pumamed.net import checkpoint as ckpt
@@ -16,17 +17,11 @@ from pumamed.net.data import ArrayData, load_arrays
 from pumamed.net.train import RESUME_DIR, TrainConfig, fit
 
 SIZE = 32
-TINY = dict(image_size=SIZE, latent_dim=8, widths=(8, 16, 32), attention_resolution=8, groups=4)
+TINY = {**TINY_PUMAMEDNET, "image_size": SIZE}
 TINY_CLI = ["--size", str(SIZE), "--widths", "8,16,32", "--latent", "8", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine a second thread mostly spins and waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
