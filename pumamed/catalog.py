@@ -32,7 +32,8 @@ class CheckpointInfo:
         return not self.problem
 
 
-def _read_json(path: Path) -> dict:
+def read_json_object(path: Path) -> dict:
+    """A JSON file that must hold an object; ValueError (naming the file) otherwise."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -49,14 +50,14 @@ def describe_checkpoint(folder: Path) -> CheckpointInfo:
     if not (folder / WEIGHTS_FILE).is_file():
         problems.append(f"no {WEIGHTS_FILE}")
     try:
-        info.config = _read_json(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else {}
+        info.config = read_json_object(folder / CONFIG_FILE) if (folder / CONFIG_FILE).is_file() else {}
         if not info.config:
             problems.append(f"no {CONFIG_FILE}")
     except ValueError as exc:
         problems.append(str(exc))
     if (folder / METRICS_FILE).is_file():
         try:
-            info.metrics = _read_json(folder / METRICS_FILE)
+            info.metrics = read_json_object(folder / METRICS_FILE)
         except ValueError as exc:
             problems.append(str(exc))
     if (folder / CARD_FILE).is_file():

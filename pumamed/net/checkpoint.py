@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pumamed.catalog import CARD_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
+from pumamed.catalog import CARD_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, read_json_object
 from pumamed.errors import CheckpointError
 
 FORMAT = "pumamed-checkpoint"
@@ -191,12 +191,9 @@ def read_config(folder) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{folder} is not a checkpoint: {CONFIG_FILE} is missing")
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} must hold a JSON object")
-    return config
+        return read_json_object(path)
+    except ValueError as exc:
+        raise CheckpointError(f"{folder}: {exc}") from exc
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
