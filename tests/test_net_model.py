@@ -110,3 +110,48 @@ def test_classification_path_is_a_fifth_of_resnet18():
 
     assert count_parameters(ours) * 5 <= count_parameters(resnet)
     assert flops(ours) * 5 <= flops(resnet)
+
+
+def test_configs_saved_before_the_lean_decoder_keep_their_architecture():
+    """A config.json without the ``decoder`` / ``weight_net_downsample`` keys (first release)
+    rebuilds the same modules, so its safetensors weights load strictly; new configs default to
+    the lean decoder and save the keys."""
+    old_style = {k: v for k, v in PumaMedNetConfig(**TINY).to_dict().items()
+                 if k not in ("decoder", "weight_net_downsample")}
+    legacy = PumaMedNetConfig.from_dict(old_style)
+    assert (legacy.decoder, legacy.weight_net_downsample) == ("upsample", 2)
+    assert (PumaMedNetConfig().decoder, PumaMedNetConfig().weight_net_downsample) == ("transposed", 4)
+    model = PumaMedNet(legacy)
+    assert any(isinstance(m, torch.nn.Upsample) for m in model.decoder.modules())
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in model.decoder.modules())
+    again = PumaMedNet(PumaMedNetConfig.from_dict(legacy.to_dict()))
+    again.load_state_dict(model.state_dict(), strict=True)
+    with pytest.raises(CheckpointError):
+        PumaMedNetConfig.from_dict({**old_style, "decoder": "pixelshuffle"})
+
+
+@pytest.mark.parametrize("factor", [1, 2, 4, 8])
+def test_weight_net_resolution_keeps_parameters_and_output_size(factor):
+    model = tiny(image_size=64, widths=(8, 16, 32, 64), weight_net_downsample=factor)
+    reference = tiny(image_size=64, widths=(8, 16, 32, 64), weight_net_downsample=2)
+    assert [p.shape for p in model.weight_net.parameters()] == [p.shape for p in reference.weight_net.parameters()]
+    assert model.weight_logits(torch.rand(2, 1, 64, 64)).shape == (2, 1, 64, 64)
+    with pytest.raises(ValueError):
+        PumaMedNetConfig(**{**TINY, "weight_net_downsample": 3})
+
+
+def test_lean_decoder_costs_a_fraction_of_the_first_release():
+    """The training-throughput work (issue 11): at 64 px with the default widths the transposed
+    decoder plus the quarter-resolution weight net cost under 30 % of the first release's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def generative_flops(**kw):
+        model = PumaMedNet(PumaMedNetConfig(image_size=64, **kw))
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.decode(torch.zeros(1, 32))
+            model.weight_logits(torch.zeros(1, 1, 64, 64))
+        return counter.get_total_flops()
+
+    lean = generative_flops()
+    first = generative_flops(decoder="upsample", weight_net_downsample=2)
+    assert lean < 0.3 * first, (lean, first)

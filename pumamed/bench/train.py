@@ -12,6 +12,7 @@ its in-loop denoising corruption is measured as a separate row.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 
 
@@ -21,7 +22,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--size", type=int, default=64, help="image size (64 or 128)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--latent", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=12, help="timed optimisation steps per contender")
+    parser.add_argument("--steps", type=int, default=8, help="timed optimisation steps per contender and round")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds; each times every contender in turn, and the median round is reported "
+                             "(interleaving keeps a shared or throttling machine from favouring one contender)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: automatic)")
     parser.add_argument("--peers", default="monai,pythae", help="comma-separated peers to include")
@@ -34,7 +38,7 @@ def _peer_channels(target_params: int, size: int, latent: int):
     from monai.networks.nets import VarAutoEncoder
 
     best = None
-    for base in (8, 12, 16, 20, 24, 32, 40, 48):
+    for base in range(8, 68, 4):
         channels = (base, base * 2, base * 4, base * 8)
         net = VarAutoEncoder(spatial_dims=2, in_shape=(1, size, size), out_channels=1, latent_size=latent,
                              channels=channels, strides=(2, 2, 2, 2), num_res_units=0)
@@ -118,41 +122,49 @@ def _pumamed_step_factory(size, latent, beta, corrupt: bool):
     return net, loss_fn
 
 
-def _time_training(net, loss_fn, batches, warmup, steps, device, channels_last):
-    import torch
+class _Contender:
+    """One model + loss + optimiser, prepared once; ``time(steps)`` returns images per second."""
 
-    from pumamed.config import autocast
+    def __init__(self, net, loss_fn, batches, device, channels_last):
+        import torch
 
-    net = net.to(device)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-        batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    net.train()
+        self.net = net.to(device)
+        self.batches = batches
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+            self.batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
+        self.loss_fn = loss_fn
+        self.device = device
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=1e-3)
+        self.net.train()
+        self.cursor = 0
 
-    def one_step(x):
-        with autocast(device):
-            loss = loss_fn(x)
-        optimizer.zero_grad(set_to_none=True)
+    def step(self):
+        from pumamed.config import autocast
+
+        x = self.batches[self.cursor % len(self.batches)]
+        self.cursor += 1
+        with autocast(self.device):
+            loss = self.loss_fn(x)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-        return loss
+        self.optimizer.step()
+        return loss, len(x)
 
-    for i in range(warmup):
-        one_step(batches[i % len(batches)])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    images = 0
-    for i in range(steps):
-        x = batches[i % len(batches)]
-        loss = one_step(x)
-        images += len(x)
-    float(loss)  # waits for the device
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    return images / seconds, seconds
+    def time(self, steps: int) -> float:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        images = 0
+        for _ in range(steps):
+            loss, n = self.step()
+            images += n
+        float(loss.detach())  # waits for the device
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return images / (time.perf_counter() - start)
 
 
 def run(args) -> int:
@@ -171,42 +183,56 @@ def run(args) -> int:
     beta = 4.0
     channels_last = device.type == "cuda"
 
-    rows = []
+    contenders: list[tuple[str, str, _Contender | None, int | None]] = []
 
-    def measure(name, factory, note=""):
+    def add(name, factory, note=""):
         try:
             net, loss_fn = factory()
         except ImportError as exc:
-            rows.append({"contender": name, "images_per_s": None, "params": None, "note": f"not installed ({exc.name})"})
+            contenders.append((name, f"not installed ({exc.name})", None, None))
             return
         params = sum(p.numel() for p in net.parameters())
-        ips, seconds = _time_training(net, loss_fn, batches, args.warmup, args.steps, device, channels_last)
-        rows.append({"contender": name, "images_per_s": round(ips, 1), "params": params,
-                     "seconds": round(seconds, 3), "note": note})
+        contenders.append((name, note, _Contender(net, loss_fn, batches, device, channels_last), params))
 
     from pumamed.net import PumaMedNet, PumaMedNetConfig
 
     ours_params = sum(p.numel() for p in PumaMedNet(PumaMedNetConfig(image_size=args.size, latent_dim=args.latent)).parameters())
-    measure("PumaMedNet", lambda: _pumamed_step_factory(args.size, args.latent, beta, corrupt=False),
-            "full objective incl. weight-map net and attention")
-    measure("PumaMedNet + in-loop corruption", lambda: _pumamed_step_factory(args.size, args.latent, beta, corrupt=True),
-            "blur/noise/erasing applied per batch on the device")
+    add("PumaMedNet", lambda: _pumamed_step_factory(args.size, args.latent, beta, corrupt=False),
+        "full objective incl. weight-map net and attention")
+    add("PumaMedNet + in-loop corruption", lambda: _pumamed_step_factory(args.size, args.latent, beta, corrupt=True),
+        "blur/noise/erasing applied per batch on the device")
     peers = [p.strip().lower() for p in args.peers.split(",") if p.strip()]
     try:
         channels = _peer_channels(ours_params, args.size, args.latent)
     except ImportError:
         channels = None
     if "monai" in peers:
-        measure("MONAI VarAutoEncoder", lambda: _monai_step_factory(args.size, args.latent, channels, beta),
-                f"channels={channels}")
+        add("MONAI VarAutoEncoder", lambda: _monai_step_factory(args.size, args.latent, channels, beta),
+            f"channels={channels}")
     if "pythae" in peers:
-        measure("Pythae BetaVAE", lambda: _pythae_step_factory(args.size, args.latent, channels, beta),
-                f"same conv body as MONAI, channels={channels}")
+        add("Pythae BetaVAE", lambda: _pythae_step_factory(args.size, args.latent, channels, beta),
+            f"same conv body as MONAI, channels={channels}")
     if args.compile:
         def compiled():
             net, loss_fn = _pumamed_step_factory(args.size, args.latent, beta, corrupt=False)
             return net, torch.compile(loss_fn)
-        measure("PumaMedNet (torch.compile)", compiled, "compile time excluded (warm-up steps)")
+        add("PumaMedNet (torch.compile)", compiled, "compile time excluded (warm-up steps)")
+
+    for _, _, contender, _ in contenders:
+        if contender is not None:
+            for _ in range(args.warmup):
+                contender.step()
+    rates: dict[int, list[float]] = {i: [] for i, c in enumerate(contenders) if c[2] is not None}
+    for _ in range(max(1, args.rounds)):
+        for i in rates:
+            rates[i].append(contenders[i][2].time(args.steps))
+    rows = []
+    for i, (name, note, contender, params) in enumerate(contenders):
+        if contender is None:
+            rows.append({"contender": name, "images_per_s": None, "params": None, "note": note})
+            continue
+        rows.append({"contender": name, "images_per_s": round(statistics.median(rates[i]), 1), "params": params,
+                     "rounds": [round(r, 1) for r in rates[i]], "note": note})
 
     peer_rates = [r["images_per_s"] for r in rows if r["images_per_s"] and not r["contender"].startswith("PumaMedNet")]
     ours = rows[0]["images_per_s"]
@@ -214,7 +240,7 @@ def run(args) -> int:
     result = {
         "device": device_description(device),
         "dataset": args.dataset, "size": args.size, "batch_size": args.batch_size,
-        "latent": args.latent, "steps": args.steps,
+        "latent": args.latent, "steps": args.steps, "rounds": args.rounds,
         "precision": "bf16/fp16 autocast" if device.type == "cuda" else "fp32",
         "rows": rows,
         "baseline": "best peer" if best_peer else None,

@@ -19,6 +19,9 @@ def register(subparsers) -> None:
                    help="encoder widths, one per halving of the image (default 16,32,64,128)")
     p.add_argument("--weight-map", choices=["learned", "error", "none"], default="learned",
                    help="per-pixel weights of the reconstruction loss")
+    p.add_argument("--decoder", choices=["transposed", "upsample"], default=None,
+                   help="decoder: transposed (lean; the default) or upsample (the first release's, about 3.5x "
+                        "the FLOPs); with --init, the pretrained model's unless given")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
     p.add_argument("--kl-warmup", type=float, default=0.3, help="fraction of training over which beta rises from 0")
     p.add_argument("--capacity", type=float, default=0.0, help="KL capacity annealing target in nats (0: off)")
@@ -70,7 +73,7 @@ def run_train(args) -> int:
         keep_resume_state=args.keep_state, progress=not args.quiet)
     out = Path(args.out) if args.out else Path("runs") / f"{'+'.join(names)}_{args.arch}"
     spec = RunSpec(datasets=names, out=out, arch=args.arch, size=args.size, latent=args.latent, widths=widths,
-                   weight_map=args.weight_map, classifier_hidden=args.classifier_hidden,
+                   weight_map=args.weight_map, decoder=args.decoder, classifier_hidden=args.classifier_hidden,
                    init=Path(args.init) if args.init else None, resume=args.resume, data_dir=args.data_dir,
                    report_test=not args.no_test, train=train_cfg)
     metrics = run(spec)

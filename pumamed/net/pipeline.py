@@ -32,6 +32,7 @@ class RunSpec:
     latent: int = 32
     widths: tuple[int, ...] = (16, 32, 64, 128)
     weight_map: str = "learned"
+    decoder: str | None = None  # None: the --init model's decoder, else "transposed"
     classifier_hidden: int = 0
     init: Path | None = None
     resume: bool = False
@@ -121,10 +122,11 @@ def build_model(spec: RunSpec, train: ArrayData):
         if train.task == "mix":
             aux = {"mix": int(train.labels.shape[1])} if spec.train.aux_weight > 0 else {}
             cfg = PumaMedNetConfig(image_size=spec.size, latent_dim=spec.latent, widths=spec.widths,
-                                   weight_map=spec.weight_map, aux_heads=aux)
+                                   weight_map=spec.weight_map, decoder=spec.decoder, aux_heads=aux)
         else:
             cfg = PumaMedNetConfig(image_size=spec.size, latent_dim=spec.latent, widths=spec.widths,
-                                   weight_map=spec.weight_map, num_classes=len(train.class_names), task=train.task,
+                                   weight_map=spec.weight_map, decoder=spec.decoder,
+                                   num_classes=len(train.class_names), task=train.task,
                                    class_names=list(train.class_names), classifier_hidden=spec.classifier_hidden)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
@@ -157,10 +159,13 @@ def run(spec: RunSpec, log=print) -> dict:
         spec.latent = int(init_model_cfg.get("latent_dim", spec.latent))
         spec.widths = tuple(init_model_cfg.get("widths", spec.widths))
         spec.weight_map = init_model_cfg.get("weight_map", spec.weight_map)
+        if spec.decoder is None:
+            spec.decoder = init_loaded.model.config.decoder
 
     from pumamed.config import seed_everything
 
     seed_everything(spec.train.seed)  # the initial weights depend on the seed, not on the process
+    spec.decoder = spec.decoder or "transposed"
     model = build_model(spec, train)
     device = select_device()
     meta = {"data": {"datasets": names, "size": spec.size, "n_train": len(train), "n_val": len(val),
