@@ -198,3 +198,25 @@ def test_cli_resnet18_baseline(imaging_root, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["arch"] == "resnet18" and result["reconstruction_error"] is None
     assert result["parameters"] > 11_000_000
+
+
+def test_transfer_follows_or_overrides_the_pretrained_decoder(imaging_root, tmp_path, capsys):
+    """--init keeps the pretrained model's decoder unless --decoder is given; a decoder of the
+    other kind starts fresh while the encoder and weight net still transfer."""
+    from pumamed.net.pipeline import transfer_weights
+
+    pre = tmp_path / "pre"
+    steps = ["--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "8", "--no-test"]
+    assert main(["train", "--dataset", "breastmnist", *TINY_CLI, *steps, "--decoder", "upsample", "--out", str(pre)]) == 0
+    followed, switched = tmp_path / "followed", tmp_path / "switched"
+    assert main(["train", "--dataset", "breastmnist", "--init", str(pre), *TINY_CLI, *steps, "--out", str(followed)]) == 0
+    assert main(["train", "--dataset", "breastmnist", "--init", str(pre), *TINY_CLI, *steps,
+                 "--decoder", "transposed", "--out", str(switched)]) == 0
+    capsys.readouterr()
+    assert ckpt.load_model(followed, device="cpu").model.config.decoder == "upsample"
+    lean = ckpt.load_model(switched, device="cpu").model
+    assert lean.config.decoder == "transposed"
+    source = ckpt.load_model(pre, device="cpu").model
+    copied = transfer_weights(lean, source)
+    assert {k for k in lean.state_dict() if k.startswith(("encoder.", "weight_net."))} <= set(copied)
+    assert "decoder.to_image.weight" not in copied  # a different layer (shape): not copied
