@@ -183,9 +183,19 @@ def test_cli_pretrain_transfer_evaluate(imaging_root, tmp_path, capsys):
     # user errors are one line and exit code 2
     assert main(["evaluate", "--model", str(fine), "--dataset", "pneumoniamnist", "--json"]) == 2
     assert "pneumoniamnist has classes" in capsys.readouterr().err
-    assert main(["train", "--dataset", "breastmnist", "--init", str(pre), "--size", "64", "--quiet",
-                 "--out", str(tmp_path / "bad")]) == 2
-    assert "--size 32" in capsys.readouterr().err
+    # Another image size: the filters transfer, only the size-dependent latent projections start fresh.
+    assert main(["train", "--dataset", "breastmnist", "--init", str(pre), "--size", "64", "--widths", "8,16,32",
+                 "--latent", "8", "--quiet", *steps, "--out", str(tmp_path / "at64")]) == 0
+    assert "trained at 32 px, this run is at 64 px" in capsys.readouterr().out
+    at64 = ckpt.load_model(tmp_path / "at64", device="cpu")
+    assert at64.config["data"]["init_size"] == 32 and at64.model.config.image_size == 64
+    assert at64.model.config.attention_resolution == 16  # the same stage as 8 px wide at 32 px
+    # Without the size allowance a mismatching encoder is refused with one clear message.
+    from pumamed.errors import CheckpointError
+    from pumamed.net.pipeline import transfer_weights
+
+    with pytest.raises(CheckpointError, match="does not fit"):
+        transfer_weights(at64.model, ckpt.load_model(pre, device="cpu").model)
 
 
 def test_cli_resnet18_baseline(imaging_root, tmp_path, capsys):

@@ -33,6 +33,7 @@ class RunSpec:
     widths: tuple[int, ...] = (16, 32, 64, 128)
     weight_map: str = "learned"
     decoder: str | None = None  # None: the --init model's decoder, else "transposed"
+    attention_resolution: int = 8
     classifier_hidden: int = 0
     init: Path | None = None
     resume: bool = False
@@ -50,13 +51,22 @@ def _check_names(names: list[str]) -> list[str]:
     return names
 
 
-def transfer_weights(target: torch.nn.Module, source: torch.nn.Module) -> list[str]:
+# Layers whose shape depends on the image size (flattened bottleneck <-> latent): the only ones
+# allowed to start fresh when a model pretrained at one size is transferred to another.
+SIZE_DEPENDENT = ("encoder.to_latent.", "decoder.from_latent.")
+
+
+def transfer_weights(target: torch.nn.Module, source: torch.nn.Module, *, new_size: bool = False) -> list[str]:
     """Copy every tensor of ``source`` whose name and shape match ``target`` (encoder, decoder,
-    weight net); the new classifier stays freshly initialised. Returns the copied names."""
+    weight net); the new classifier stays freshly initialised. Returns the copied names.
+
+    Every encoder tensor must transfer, except, with ``new_size`` (fine-tuning at another image
+    size than the pretraining), the latent projection, whose input is the flattened bottleneck:
+    convolution filters do not depend on the image size."""
     src = source.state_dict()
     own = target.state_dict()
     copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(("classifier", "aux_heads"))]
-    encoder = [k for k in own if k.startswith("encoder.")]
+    encoder = [k for k in own if k.startswith("encoder.") and not (new_size and k.startswith(SIZE_DEPENDENT))]
     missing = [k for k in encoder if k not in copied]
     if missing:
         raise CheckpointError(f"the --init model does not fit: {len(missing)} encoder tensors differ "
@@ -122,9 +132,11 @@ def build_model(spec: RunSpec, train: ArrayData):
         if train.task == "mix":
             aux = {"mix": int(train.labels.shape[1])} if spec.train.aux_weight > 0 else {}
             cfg = PumaMedNetConfig(image_size=spec.size, latent_dim=spec.latent, widths=spec.widths,
+                                   attention_resolution=spec.attention_resolution,
                                    weight_map=spec.weight_map, decoder=spec.decoder, aux_heads=aux)
         else:
             cfg = PumaMedNetConfig(image_size=spec.size, latent_dim=spec.latent, widths=spec.widths,
+                                   attention_resolution=spec.attention_resolution,
                                    weight_map=spec.weight_map, decoder=spec.decoder,
                                    num_classes=len(train.class_names), task=train.task,
                                    class_names=list(train.class_names), classifier_hidden=spec.classifier_hidden)
@@ -147,15 +159,20 @@ def run(spec: RunSpec, log=print) -> dict:
     if spec.report_test and not is_mix:
         test = load_arrays(names, "test", spec.size, spec.data_dir)
 
-    init_loaded = None
+    init_loaded, init_size = None, None
     if spec.init is not None:
         if spec.arch != "pumamednet":
             raise InputError("--init transfers a pretrained PumaMedNet; it does not apply to --arch resnet18")
         init_loaded = ckpt.load_model(spec.init, device="cpu")
         init_model_cfg = init_loaded.config.get("model", {})
-        if int(init_model_cfg.get("image_size", spec.size)) != spec.size:
-            raise InputError(f"--init was trained at {init_model_cfg.get('image_size')} px; use --size "
-                             f"{init_model_cfg.get('image_size')}")
+        init_size = int(init_model_cfg.get("image_size", spec.size))
+        spec.attention_resolution = int(init_model_cfg.get("attention_resolution", spec.attention_resolution))
+        if init_size != spec.size:
+            # Keep self-attention at the same stage of the network, so every layer keeps its shape.
+            spec.attention_resolution = spec.attention_resolution * spec.size // init_size
+            log(f"--init was trained at {init_size} px, this run is at {spec.size} px: its convolution filters "
+                f"transfer (self-attention stays at the same stage, now {spec.attention_resolution} px wide), "
+                f"the latent projections (encoder.to_latent, decoder.from_latent) start fresh")
         spec.latent = int(init_model_cfg.get("latent_dim", spec.latent))
         spec.widths = tuple(init_model_cfg.get("widths", spec.widths))
         spec.weight_map = init_model_cfg.get("weight_map", spec.weight_map)
@@ -171,10 +188,11 @@ def run(spec: RunSpec, log=print) -> dict:
     meta = {"data": {"datasets": names, "size": spec.size, "n_train": len(train), "n_val": len(val),
                      "n_test": len(test) if test is not None else None, "data_dir_name": "PUMAMED_DATA_DIR",
                      "init": str(spec.init) if spec.init else None,
+                     "init_size": init_size if spec.init else None,
                      "init_datasets": (init_loaded.config.get("data", {}).get("datasets", []) if init_loaded else [])}}
     transfer = {}
     if init_loaded is not None:
-        copied = transfer_weights(model, init_loaded.model)
+        copied = transfer_weights(model, init_loaded.model, new_size=init_size != spec.size)
         log(f"initialised {len(copied)} tensors from {spec.init}")
         if train.task in ("binary", "multiclass", "multilabel") and not spec.resume:
             transfer["frozen_encoder_probe"] = linear_probe(model.to(device), train, val, test, device)
