@@ -86,6 +86,9 @@ def _interrupt_and_resume(straight, killed, straight_out: Path, killed_out: Path
             resumed.kill()
     _wait(straight, 240, "the uninterrupted run")
     assert "resuming after epoch" in killed_out.with_suffix(".log").read_text()
+    ours = [p.name for p in killed_out.rglob(".*.tmp") if p.name.split(".")[1] in ("model", "config", "metrics",
+                                                                                     "training_state", "weight_maps")]
+    assert not ours, ours  # the resumed run cleared what the killed save left behind
 
     results = {}
     for name, out in (("straight", straight_out), ("resumed", killed_out)):
@@ -172,3 +175,17 @@ def test_checkpoint_files_are_readable_like_other_files(tmp_path):
     for name in ("model.safetensors", "config.json", "metrics.json", "model_card.md"):
         mode = (folder / name).stat().st_mode & 0o777
         assert mode == 0o666 & ~umask, f"{name}: mode {oct(mode)}"
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    from pumamed.net.checkpoint import remove_stale_temporaries
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    stale = [".model.safetensors.k2j3.tmp", ".config.json.x9.tmp", ".training_state.json.a1.tmp"]
+    kept = ["model.safetensors", "config.json", ".notes.tmp", "user.tmp", ".model.safetensors.bak"]
+    for name in stale + kept:
+        (folder / name).write_text("x")
+    assert sorted(remove_stale_temporaries(folder)) == sorted(stale)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(kept)
+    assert remove_stale_temporaries(tmp_path / "missing") == []

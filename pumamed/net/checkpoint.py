@@ -92,6 +92,30 @@ def _atomic_write(path: Path, write) -> None:
         raise
 
 
+# Every file name a save writes; an interrupted write leaves ".<name>.<random>.tmp" beside it.
+WRITTEN_FILES = (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, CARD_FILE, STATE_WEIGHTS_FILE, STATE_JSON_FILE,
+                 "weight_maps.safetensors")
+
+
+def remove_stale_temporaries(folder: Path) -> list[str]:
+    """Delete the temporary files that saves killed mid-write left in ``folder`` (only our own
+    pattern, ``.<one of WRITTEN_FILES>.<random>.tmp``). Call it when a run starts writing into
+    the folder, never while another process writes there. Returns the removed names."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in folder.iterdir():
+        name = path.name
+        if path.is_file() and name.endswith(".tmp") and any(name.startswith(f".{known}.") for known in WRITTEN_FILES):
+            try:
+                path.unlink()
+                removed.append(name)
+            except OSError:
+                pass  # not ours to fight over; the next start tries again
+    return removed
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as fh:

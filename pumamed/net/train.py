@@ -229,6 +229,11 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
     out_dir = Path(out_dir)
     resume_dir = out_dir / RESUME_DIR
     rank, world, local_rank = distributed_setup()
+    if rank == 0:
+        for folder in (out_dir, resume_dir):
+            stale = ckpt.remove_stale_temporaries(folder)
+            if stale:
+                log(f"removed {len(stale)} temporary file(s) left by an interrupted save in {folder}")
     if device is None:
         device = select_device()
         if device.type == "cuda" and world > 1:
