@@ -90,6 +90,10 @@ def test_config_round_trip_and_validation():
         PumaMedNetConfig(image_size=30, widths=(8, 16, 32))
     with pytest.raises(ValueError):
         PumaMedNetConfig(weight_map="magic")
+    # a config.json from elsewhere cannot request a gigantic network
+    for huge in ({"image_size": 65536, "widths": (16,)}, {"latent_dim": 10**7}, {"widths": (16, 10**6)}):
+        with pytest.raises(CheckpointError):
+            PumaMedNetConfig.from_dict({**cfg.to_dict(), **huge})
 
 
 def test_classification_path_is_a_fifth_of_resnet18():

@@ -78,6 +78,16 @@ class PumaMedNetConfig:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.latent_dim < 1:
             raise ValueError("latent_dim must be positive")
+        # Caps far above any sensible model, so a config.json from elsewhere cannot make the app
+        # allocate a gigantic network before its weights are even checked.
+        if not 8 <= self.image_size <= 1024:
+            raise ValueError(f"image_size must be 8-1024 px, got {self.image_size}")
+        if self.latent_dim > 4096 or not 1 <= len(self.widths) <= 8 or not all(1 <= w <= 2048 for w in self.widths):
+            raise ValueError(f"latent_dim <= 4096 and 1-8 widths of 1-2048 channels expected, got latent_dim "
+                             f"{self.latent_dim}, widths {list(self.widths)}")
+        if not 1 <= self.in_channels <= 16 or self.num_classes > 100_000:
+            raise ValueError(f"in_channels must be 1-16 and num_classes at most 100,000, got {self.in_channels}, "
+                             f"{self.num_classes}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
         if self.weight_net_downsample not in (1, 2, 4, 8) or self.weight_net_downsample > self.image_size // 4:
