@@ -96,14 +96,15 @@ def device_description(device=None) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-def autocast(device):
-    """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op elsewhere."""
+def autocast(device, cache_enabled: bool = True):
+    """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op elsewhere.
+    ``cache_enabled=False`` while capturing a CUDA graph (PyTorch requires it there)."""
     import torch
 
     if device.type != "cuda":
         return nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    return torch.autocast(device_type="cuda", dtype=dtype, cache_enabled=cache_enabled)
 
 
 def seed_everything(seed: int | None = None) -> int:

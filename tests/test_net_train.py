@@ -230,3 +230,18 @@ def test_transfer_follows_or_overrides_the_pretrained_decoder(imaging_root, tmp_
     copied = transfer_weights(lean, source)
     assert {k for k in lean.state_dict() if k.startswith(("encoder.", "weight_net."))} <= set(copied)
     assert "decoder.to_image.weight" not in copied  # a different layer (shape): not copied
+
+
+def test_resume_keeps_the_best_epochs_validation_metrics(real_images, tmp_path):
+    """When no resumed epoch beats the saved best one, metrics.json still reports its validation."""
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-3, progress=False, keep_resume_state=True, augment=False,
+                      denoise=False, sample_latent=False)
+    first = fit(tiny_model(real_images), real_images, real_images, cfg, tmp_path / "run", device="cpu",
+                log=lambda *_: None)
+    frozen = TrainConfig(**{**cfg.to_dict(), "epochs": 2, "lr": 0.0})  # nothing changes: no improvement
+    resumed = fit(tiny_model(real_images), real_images, real_images, frozen, tmp_path / "run", device="cpu",
+                  resume=True, log=lambda *_: None)
+    assert resumed["best_epoch"] == 1 and len(resumed["history"]) == 2
+    assert resumed["val"]["auc"]["macro"] == pytest.approx(first["val"]["auc"]["macro"])
+    on_disk = json.loads((tmp_path / "run" / ckpt.METRICS_FILE).read_text())
+    assert on_disk["val"] == resumed["val"]

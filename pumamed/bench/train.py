@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
+
+GRAPH_ROW = "PumaMedNet (CUDA graph)"
 
 
 def add_arguments(parser) -> None:
@@ -30,6 +33,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: automatic)")
     parser.add_argument("--peers", default="monai,pythae", help="comma-separated peers to include")
     parser.add_argument("--compile", action="store_true", help="also time PumaMedNet under torch.compile")
+    parser.add_argument("--graphs", choices=["auto", "on", "off"], default="auto",
+                        help="also time every contender replayed from a CUDA graph (auto: on CUDA devices)")
+    parser.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
+                        help="memory format for every contender (auto: channels_last on CUDA)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -101,69 +108,95 @@ def _pythae_step_factory(size, latent, channels, beta):
     return net, loss_fn
 
 
-def _pumamed_step_factory(size, latent, beta, corrupt: bool):
+def _pumamed_step_factory(size, latent, beta, corrupt: bool, compiled: bool = False):
+    """PumaMedNet and its training objective, stepped by the same :class:`TrainStep` as ``train``
+    (gradient clipping and the device-side statistics included)."""
+    import torch
+
     from pumamed.net import PumaMedNet, PumaMedNetConfig
     from pumamed.net.data import ArrayData, corruption_transform
     from pumamed.net.train import TrainConfig, TrainingObjective
 
     net = PumaMedNet(PumaMedNetConfig(image_size=size, latent_dim=latent))
-    import torch
-
     empty = ArrayData(images=torch.zeros(1, 1, size, size, dtype=torch.uint8), labels=None)
-    objective = TrainingObjective(net, TrainConfig(beta=beta), empty)
     corruption = corruption_transform() if corrupt else None
 
-    def loss_fn(x):
-        source = torch.stack([corruption(img) for img in x]) if corruption is not None else x
-        label = torch.zeros(len(x), dtype=torch.long, device=x.device)
-        loss, _ = objective(source, x, label, label, beta, 0.0)
-        return loss
+    def make_step(model, optimizer, device, graph):
+        from pumamed.net.step import TrainStep
 
-    return net, loss_fn
+        objective = TrainingObjective(model, TrainConfig(beta=beta), empty)
+        if compiled:
+            objective = torch.compile(objective)
+        step = TrainStep(objective, model, optimizer, device, clip_norm=5.0 * size, graph=graph)
+
+        def run_step(x):
+            source = torch.stack([corruption(img) for img in x]) if corruption is not None else x
+            label = torch.zeros(len(x), dtype=torch.long, device=x.device)
+            step(source, x, label, label, beta, 0.0)
+
+        return run_step
+
+    return net, make_step
+
+
+def _plain_step_factory(loss_fn):
+    """A peer's step as its library would run it: forward, backward, AdamW (optionally replayed
+    from a CUDA graph, to show what the same capture does for the peer)."""
+
+    def make_step(model, optimizer, device, graph):
+        from pumamed.config import autocast
+        from pumamed.net.step import CudaGraphStep
+
+        def body(x):
+            with autocast(device, cache_enabled=not graph):
+                loss = loss_fn(x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        return CudaGraphStep(body, before_capture=lambda: optimizer.zero_grad(set_to_none=True)) if graph else body
+
+    return make_step
 
 
 class _Contender:
-    """One model + loss + optimiser, prepared once; ``time(steps)`` returns images per second."""
+    """One model + optimiser + step, prepared once; ``time(steps)`` returns images per second."""
 
-    def __init__(self, net, loss_fn, batches, device, channels_last):
+    def __init__(self, net, make_step, batches, device, channels_last, graph=False):
         import torch
+
+        from pumamed.net.step import make_optimizer
 
         self.net = net.to(device)
         self.batches = batches
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
             self.batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
-        self.loss_fn = loss_fn
         self.device = device
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=1e-3)
+        self.optimizer = make_optimizer(self.net.parameters(), 1e-3, 1e-4, device, capturable=graph)
         self.net.train()
+        self.run_step = make_step(self.net, self.optimizer, device, graph)
         self.cursor = 0
 
-    def step(self):
-        from pumamed.config import autocast
-
+    def step(self) -> int:
         x = self.batches[self.cursor % len(self.batches)]
         self.cursor += 1
-        with autocast(self.device):
-            loss = self.loss_fn(x)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return loss, len(x)
+        self.run_step(x)
+        return len(x)
 
-    def time(self, steps: int) -> float:
+    def _sync(self):
         import torch
 
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+        elif self.device.type == "mps":
+            torch.mps.synchronize()
+
+    def time(self, steps: int) -> float:
+        self._sync()
         start = time.perf_counter()
-        images = 0
-        for _ in range(steps):
-            loss, n = self.step()
-            images += n
-        float(loss.detach())  # waits for the device
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
+        images = sum(self.step() for _ in range(steps))
+        self._sync()
         return images / (time.perf_counter() - start)
 
 
@@ -181,42 +214,52 @@ def run(args) -> int:
     batches = [images[i:i + args.batch_size].to(device) for i in range(0, len(images), args.batch_size)]
     batches = [b for b in batches if len(b) == args.batch_size] or batches[:1]
     beta = 4.0
-    channels_last = device.type == "cuda"
+    on_cuda = device.type == "cuda"
+    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and on_cuda)
+    graphs = on_cuda and args.graphs != "off"
+    if args.graphs == "on" and not on_cuda:
+        print("note: CUDA graphs need a CUDA device; timing eager steps only", file=sys.stderr)
 
     contenders: list[tuple[str, str, _Contender | None, int | None]] = []
 
-    def add(name, factory, note=""):
+    def add(name, factory, note="", graph=False):
         try:
-            net, loss_fn = factory()
+            net, make_step = factory()
         except ImportError as exc:
             contenders.append((name, f"not installed ({exc.name})", None, None))
             return
         params = sum(p.numel() for p in net.parameters())
-        contenders.append((name, note, _Contender(net, loss_fn, batches, device, channels_last), params))
+        contenders.append((name, note, _Contender(net, make_step, batches, device, channels_last, graph=graph), params))
+
+    def peer(factory):
+        def build():
+            net, loss_fn = factory()
+            return net, _plain_step_factory(loss_fn)
+        return build
 
     from pumamed.net import PumaMedNet, PumaMedNetConfig
 
     ours_params = sum(p.numel() for p in PumaMedNet(PumaMedNetConfig(image_size=args.size, latent_dim=args.latent)).parameters())
-    add("PumaMedNet", lambda: _pumamed_step_factory(args.size, args.latent, beta, corrupt=False),
-        "full objective incl. weight-map net and attention")
-    add("PumaMedNet + in-loop corruption", lambda: _pumamed_step_factory(args.size, args.latent, beta, corrupt=True),
-        "blur/noise/erasing applied per batch on the device")
+    ours = lambda **kw: (lambda: _pumamed_step_factory(args.size, args.latent, beta, **kw))  # noqa: E731
+    add("PumaMedNet", ours(corrupt=False), "full training step: objective with weight-map net and attention, clipping")
+    if graphs:
+        add(GRAPH_ROW, ours(corrupt=False), "the same step replayed from a CUDA graph (train --cuda-graphs)", graph=True)
+    add("PumaMedNet + in-loop corruption", ours(corrupt=True), "blur/noise/erasing applied per batch on the device")
     peers = [p.strip().lower() for p in args.peers.split(",") if p.strip()]
     try:
         channels = _peer_channels(ours_params, args.size, args.latent)
     except ImportError:
         channels = None
-    if "monai" in peers:
-        add("MONAI VarAutoEncoder", lambda: _monai_step_factory(args.size, args.latent, channels, beta),
-            f"channels={channels}")
-    if "pythae" in peers:
-        add("Pythae BetaVAE", lambda: _pythae_step_factory(args.size, args.latent, channels, beta),
-            f"same conv body as MONAI, channels={channels}")
+    for key, name, factory, note in (
+            ("monai", "MONAI VarAutoEncoder", _monai_step_factory, f"channels={channels}"),
+            ("pythae", "Pythae BetaVAE", _pythae_step_factory, f"same conv body as MONAI, channels={channels}")):
+        if key in peers:
+            build = peer(lambda f=factory: f(args.size, args.latent, channels, beta))
+            add(name, build, note)
+            if graphs:
+                add(f"{name} (CUDA graph)", build, "the same capture applied to the peer", graph=True)
     if args.compile:
-        def compiled():
-            net, loss_fn = _pumamed_step_factory(args.size, args.latent, beta, corrupt=False)
-            return net, torch.compile(loss_fn)
-        add("PumaMedNet (torch.compile)", compiled, "compile time excluded (warm-up steps)")
+        add("PumaMedNet (torch.compile)", ours(corrupt=False, compiled=True), "compile time excluded (warm-up steps)")
 
     for _, _, contender, _ in contenders:
         if contender is not None:
@@ -234,17 +277,31 @@ def run(args) -> int:
         rows.append({"contender": name, "images_per_s": round(statistics.median(rates[i]), 1), "params": params,
                      "rounds": [round(r, 1) for r in rates[i]], "note": note})
 
-    peer_rates = [r["images_per_s"] for r in rows if r["images_per_s"] and not r["contender"].startswith("PumaMedNet")]
-    ours = rows[0]["images_per_s"]
-    best_peer = max(peer_rates) if peer_rates else None
+    def rate(name):
+        return next((r["images_per_s"] for r in rows if r["contender"] == name), None)
+
+    def ratio(a, b):
+        return round(a / b, 2) if a and b else None
+
+    eager_peers = [r["images_per_s"] for r in rows if r["images_per_s"] and not r["contender"].startswith("PumaMedNet")
+                   and "(CUDA graph)" not in r["contender"]]
+    graph_peers = [r["images_per_s"] for r in rows if r["images_per_s"] and not r["contender"].startswith("PumaMedNet")
+                   and "(CUDA graph)" in r["contender"]]
+    # "ours" is the step `train` runs on this device: graph-replayed on CUDA, eager elsewhere
+    ours_name = GRAPH_ROW if rate(GRAPH_ROW) else "PumaMedNet"
+    best_peer = max(eager_peers) if eager_peers else None
     result = {
         "device": device_description(device),
         "dataset": args.dataset, "size": args.size, "batch_size": args.batch_size,
         "latent": args.latent, "steps": args.steps, "rounds": args.rounds,
-        "precision": "bf16/fp16 autocast" if device.type == "cuda" else "fp32",
+        "precision": "bf16/fp16 autocast" if on_cuda else "fp32",
+        "memory_format": "channels_last" if channels_last else "contiguous",
         "rows": rows,
-        "baseline": "best peer" if best_peer else None,
-        "ratio_vs_best_peer": round(ours / best_peer, 2) if best_peer and ours else None,
+        "ours": ours_name,
+        "baseline": "best peer as its library runs it" if best_peer else None,
+        "ratio_vs_best_peer": ratio(rate(ours_name), best_peer),
+        "ratio_eager_vs_best_peer": ratio(rate("PumaMedNet"), best_peer),
+        "ratio_vs_best_peer_same_capture": ratio(rate(GRAPH_ROW), max(graph_peers) if graph_peers else None),
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -255,5 +312,7 @@ def run(args) -> int:
             params = "" if r["params"] is None else f"{r['params'] / 1e6:6.2f} M params"
             print(f"  {r['contender']:34} {ips:>16}  {params}  {r['note']}")
         if result["ratio_vs_best_peer"] is not None:
-            print(f"PumaMedNet / best peer: {result['ratio_vs_best_peer']:.2f}x")
+            print(f"{ours_name} / best peer: {result['ratio_vs_best_peer']:.2f}x")
+        if result["ratio_vs_best_peer_same_capture"] is not None:
+            print(f"both replayed from CUDA graphs: {result['ratio_vs_best_peer_same_capture']:.2f}x")
     return 0

@@ -4,6 +4,8 @@ train ...`` (DDP; --batch-size is per process)."""
 
 from __future__ import annotations
 
+import argparse
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -37,6 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--no-augment", action="store_true", help="no geometric augmentation")
     p.add_argument("--no-denoise", action="store_true", help="no input corruption")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format on CUDA")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="replay each training step from a CUDA graph where possible: one process on a CUDA "
+                        "device, bf16 or fp32 (default: on; --no-cuda-graphs runs every step eagerly)")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap on steps per epoch (quick runs)")
     p.add_argument("--init", help="checkpoint folder of a pretrained PumaMedNet to transfer from")
     p.add_argument("--out", help="output checkpoint folder (default: runs/<datasets>_<arch>)")
@@ -69,7 +74,7 @@ def run_train(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, beta=args.beta,
         kl_warmup=args.kl_warmup, capacity=args.capacity, aux_weight=args.aux_weight, cls_weight=args.cls_weight,
         augment=not args.no_augment, denoise=not args.no_denoise, seed=args.seed, num_workers=workers,
-        channels_last=args.channels_last, max_steps_per_epoch=args.max_steps_per_epoch,
+        channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, max_steps_per_epoch=args.max_steps_per_epoch,
         keep_resume_state=args.keep_state, progress=not args.quiet)
     out = Path(args.out) if args.out else Path("runs") / f"{'+'.join(names)}_{args.arch}"
     spec = RunSpec(datasets=names, out=out, arch=args.arch, size=args.size, latent=args.latent, widths=widths,

@@ -303,7 +303,10 @@ def save_training_state(folder, optimizer: torch.optim.Optimizer, info: dict,
                 tensors[f"optimizer.{pid}.{key}"] = value
             else:
                 scalar_state.setdefault(str(pid), {})[key] = value
-    payload = {"info": info, "param_groups": opt_state["param_groups"], "scalar_state": scalar_state,
+    # a capturable optimiser (CUDA graphs) keeps its learning rate in a device tensor
+    param_groups = [{k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in group.items()}
+                    for group in opt_state["param_groups"]]
+    payload = {"info": info, "param_groups": param_groups, "scalar_state": scalar_state,
                "scheduler": scheduler.state_dict() if scheduler is not None else None,
                "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
     if not tensors:

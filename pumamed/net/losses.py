@@ -47,22 +47,20 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, task: str) -
 def mix_aux_loss(logits: torch.Tensor, label_vectors: torch.Tensor, dataset_ids: torch.Tensor,
                  slices: list[tuple[int, int, str]]) -> torch.Tensor:
     """Loss of a single head over the concatenated label space of a mix: each sample is scored
-    only on its own dataset's slice (softmax for single-label tasks, sigmoid for multi-label)."""
+    only on its own dataset's slice (softmax for single-label tasks, sigmoid for multi-label).
+    Rows are masked rather than selected, so the loss never waits for the device (no data-dependent
+    shapes): a training step can then be captured into a CUDA graph."""
     logits = logits.float()
     total = logits.new_zeros(())
-    count = 0
     for k, (start, stop, task) in enumerate(slices):
-        rows = dataset_ids == k
-        if not bool(rows.any()):
-            continue
-        part_logits = logits[rows, start:stop]
-        part_target = label_vectors[rows, start:stop]
+        rows = (dataset_ids == k).to(logits.dtype)
+        part_logits = logits[:, start:stop]
+        part_target = label_vectors[:, start:stop].to(logits.dtype)
         if task == "multilabel":
-            loss = F.binary_cross_entropy_with_logits(part_logits, part_target, reduction="sum") / (stop - start)
+            per_row = F.binary_cross_entropy_with_logits(part_logits, part_target, reduction="none").sum(1) / (stop - start)
         else:
-            loss = F.cross_entropy(part_logits, part_target.argmax(1), reduction="sum")
-        total = total + loss
-        count += int(rows.sum())
+            per_row = F.cross_entropy(part_logits, part_target.argmax(1), reduction="none")
+        total = total + (per_row * rows).sum()
     return total / max(1, len(logits))
 
 

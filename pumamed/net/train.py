@@ -16,7 +16,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     channels_last: bool = False
+    cuda_graphs: bool = True  # replay each step from a CUDA graph where supported (pumamed.net.step)
     max_steps_per_epoch: int = 0  # 0: the whole training set each epoch
     keep_resume_state: bool = False  # keep out/resume after a finished run
     progress: bool = True
@@ -224,7 +225,8 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
     the model card. Returns the final metrics dict (as in metrics.json)."""
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
-    from pumamed.config import autocast, select_device, seed_everything
+    from pumamed.config import select_device, seed_everything
+    from pumamed.net.step import TrainStep, graphs_supported, make_capturable, make_optimizer, set_learning_rate
 
     out_dir = Path(out_dir)
     resume_dir = out_dir / RESUME_DIR
@@ -247,9 +249,12 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
     model = model.to(device)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
+    use_graphs = cfg.cuda_graphs and graphs_supported(device, scaler, world)
+    if cfg.cuda_graphs and not use_graphs and device.type == "cuda" and rank == 0:
+        log("CUDA graphs need a single process with bf16 or fp32 (not DDP, not fp16): training eagerly")
+    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, device, capturable=use_graphs)
 
     dataset = DenoisingDataset(train, augment=cfg.augment, denoise=cfg.denoise and hasattr(model, "decode"))
     steps_per_epoch = math.ceil(len(dataset) / (cfg.batch_size * world))
@@ -267,6 +272,8 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
             raise CheckpointError(f"cannot resume: {resume_dir} holds no saved training state")
         ckpt.load_state_strict(model, ckpt.read_tensors(resume_dir / ckpt.WEIGHTS_FILE), str(resume_dir))
         info = ckpt.load_training_state(resume_dir, optimizer, scaler=scaler)
+        if use_graphs:
+            make_capturable(optimizer, device)
         start_epoch, global_step = int(info["epoch"]) + 1, int(info["global_step"])
         best_score, best_epoch = float(info["best_score"]), int(info["best_epoch"])
         history = list(info.get("history", []))
@@ -280,9 +287,17 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
         from torch.nn.parallel import DistributedDataParallel
 
         runner = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+    train_step = TrainStep(runner, model, optimizer, device, scaler=scaler, graph=use_graphs, world_size=world,
+                           clip_norm=5.0 * max(1.0, math.sqrt(train.size)), log=log)
 
     main = rank == 0
     final_metrics: dict = {}
+    if resume and (out_dir / ckpt.METRICS_FILE).is_file():
+        # the best epoch's validation metrics, in case no resumed epoch beats it
+        try:
+            final_metrics = json.loads((out_dir / ckpt.METRICS_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            final_metrics = {}
     for epoch in range(start_epoch, cfg.epochs):
         seed_everything(cfg.seed + 1000 * (epoch + 1))
         if world > 1:
@@ -297,8 +312,6 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
                             persistent_workers=False,
                             generator=torch.Generator().manual_seed(cfg.seed + epoch))
         model.train()
-        sums: dict[str, float] = {}
-        kl_dims_sum = None
         n_batches, n_images, t0 = 0, 0, time.time()
         bar = None
         if main and cfg.progress:
@@ -315,38 +328,27 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
                 source = source.contiguous(memory_format=torch.channels_last)
                 target = target.contiguous(memory_format=torch.channels_last)
             lr = learning_rate(global_step, total_steps, cfg.lr, cfg.warmup_fraction)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_learning_rate(optimizer, lr)
             beta_t, c_t = kl_schedule(global_step, total_steps, cfg.beta, cfg.kl_warmup, cfg.capacity)
-            with autocast(device):
-                loss, stats = runner(source, target, label, did, beta_t, c_t)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0 * max(1.0, math.sqrt(train.size)))
-            scaler.step(optimizer)
-            scaler.update()
+            train_step(source, target, label, did, beta_t, c_t)
             global_step += 1
             n_batches += 1
             n_images += len(source) * world
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
-            for key, value in stats.items():
-                if key == "kl_dims":
-                    kl_dims_sum = value.cpu() if kl_dims_sum is None else kl_dims_sum + value.cpu()
-                else:
-                    sums[key] = sums.get(key, 0.0) + float(value)
             if bar is not None:
                 bar.update(1)
                 if n_batches % 10 == 0:
-                    bar.set_postfix(loss=f"{sums['loss'] / n_batches:.2f}", beta=f"{beta_t:.2f}")
+                    bar.set_postfix(beta=f"{beta_t:.2f}")
         if bar is not None:
             bar.close()
+        means = train_step.epoch_stats()  # the epoch's only wait for the device
         elapsed = time.time() - t0
+        kl_dims_mean = means.pop("kl_dims", None)
         record = {"epoch": epoch + 1, "seconds": round(elapsed, 2), "images_per_s": round(n_images / max(elapsed, 1e-9), 1),
-                  "lr": lr, "beta": beta_t, "capacity": c_t,
-                  **{k: v / max(1, n_batches) for k, v in sums.items()}}
-        if kl_dims_sum is not None:
-            record["kl_per_dim"] = (kl_dims_sum / max(1, n_batches)).tolist()
+                  "lr": lr, "beta": beta_t, "capacity": c_t, **means}
+        if train_step.graph_active:
+            record["cuda_graph"] = True
+        if kl_dims_mean is not None:
+            record["kl_per_dim"] = kl_dims_mean
         if main:
             val_metrics = validate(model, val, device, cfg.beta)
             record["val"] = val_metrics
@@ -361,7 +363,7 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
             raw = model
             kl_dims = record.get("kl_per_dim")
             config = {**(meta or {}), "training": {**cfg.to_dict(), "epochs_done": epoch + 1, "best_epoch": best_epoch,
-                                                   "world_size": world, "device": str(device)}}
+                                                   "world_size": world, "device": _device_label(device)}}
             if kl_dims is not None:
                 config["kl_per_dim"] = kl_dims
             if improved:
@@ -384,6 +386,16 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
     if main and not final_metrics and (out_dir / ckpt.METRICS_FILE).is_file():
         final_metrics = json.loads((out_dir / ckpt.METRICS_FILE).read_text())
     return final_metrics
+
+
+def _device_label(device) -> str:
+    """What the model card shows: the GPU's name and the precision, or the device type."""
+    from pumamed.config import device_description
+
+    if device.type != "cuda":
+        return str(device)
+    precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return f"cuda ({device_description(device)}, {precision} autocast)"
 
 
 def _collect_metrics(history, best_epoch, best_val, previous) -> dict:
