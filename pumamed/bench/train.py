@@ -12,6 +12,7 @@ its in-loop denoising corruption is measured as a separate row.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 import time
@@ -127,9 +128,10 @@ def _pumamed_step_factory(size, latent, beta, corrupt: bool, compiled: bool = Fa
         objective = TrainingObjective(model, TrainConfig(beta=beta), empty)
         if compiled:
             objective = torch.compile(objective)
-        step = TrainStep(objective, model, optimizer, device, clip_norm=5.0 * size, graph=graph)
+        step = TrainStep(objective, model, optimizer, device, clip_norm=5.0 * math.sqrt(size), graph=graph)
 
         def run_step(x):
+            run_step.captured = step.graph_active
             source = torch.stack([corruption(img) for img in x]) if corruption is not None else x
             label = torch.zeros(len(x), dtype=torch.long, device=x.device)
             step(source, x, label, label, beta, 0.0)
@@ -154,7 +156,15 @@ def _plain_step_factory(loss_fn):
             loss.backward()
             optimizer.step()
 
-        return CudaGraphStep(body, before_capture=lambda: optimizer.zero_grad(set_to_none=True)) if graph else body
+        if not graph:
+            return body
+        graphed = CudaGraphStep(body, before_capture=lambda: optimizer.zero_grad(set_to_none=True))
+
+        def run_step(x):
+            graphed(x)
+            run_step.captured = graphed.active
+
+        return run_step
 
     return make_step
 
@@ -173,6 +183,7 @@ class _Contender:
             self.net = self.net.to(memory_format=torch.channels_last)
             self.batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
         self.device = device
+        self.graph = graph
         self.optimizer = make_optimizer(self.net.parameters(), 1e-3, 1e-4, device, capturable=graph)
         self.net.train()
         self.run_step = make_step(self.net, self.optimizer, device, graph)
@@ -274,6 +285,8 @@ def run(args) -> int:
         if contender is None:
             rows.append({"contender": name, "images_per_s": None, "params": None, "note": note})
             continue
+        if contender.graph and not getattr(contender.run_step, "captured", False):
+            note += "; capture FAILED, so this row ran eagerly"
         rows.append({"contender": name, "images_per_s": round(statistics.median(rates[i]), 1), "params": params,
                      "rounds": [round(r, 1) for r in rates[i]], "note": note})
 

@@ -42,6 +42,11 @@ class CudaGraphStep:
         self.failed = False
         self.calls = 0
 
+    @property
+    def active(self) -> bool:
+        """Whether steps are being replayed from a captured graph."""
+        return self.graph is not None and not self.failed
+
     def _shapes_match(self, inputs) -> bool:
         return all(s.shape == x.shape and s.dtype == x.dtype for s, x in zip(self.static, inputs))
 
@@ -74,10 +79,14 @@ class CudaGraphStep:
                 self.before_capture()
             with torch.cuda.graph(graph):
                 self.body(*self.static)
-        except RuntimeError as exc:  # an op that cannot be captured: keep training, eagerly
+        except Exception as exc:  # noqa: BLE001 - an op that cannot be captured: keep training, eagerly
             self.failed = True
-            self.log(f"CUDA graph capture failed, training continues without it: {str(exc).splitlines()[0]}")
-            torch.cuda.synchronize()
+            first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+            self.log(f"CUDA graph capture failed, training continues without it: {first_line}")
+            try:
+                torch.cuda.synchronize()
+            except Exception:  # noqa: BLE001 - the eager step will report a broken device itself
+                pass
             return
         self.graph = graph
 
@@ -148,7 +157,7 @@ class TrainStep:
 
     @property
     def graph_active(self) -> bool:
-        return self._graph is not None and self._graph.graph is not None and not self._graph.failed
+        return self._graph is not None and self._graph.active
 
     def _body(self, source, target, label, dataset_id, beta_t=None, capacity_t=None) -> None:
         from pumamed.config import autocast
