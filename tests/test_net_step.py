@@ -145,6 +145,7 @@ def test_graph_replay_matches_the_eager_step(busi_on_gpu):
     cfg = TrainConfig(beta=1.0, sample_latent=False)  # deterministic: no sampling, no dropout (linear head)
     eager_model = _tiny(data).to(device)
     graph_model = copy.deepcopy(eager_model)
+    start = {k: v.detach().float().clone() for k, v in eager_model.state_dict().items()}
     x = (data.images.float() / 255).to(device)
     y = data.labels.to(device)
     steps = {}
@@ -159,8 +160,13 @@ def test_graph_replay_matches_the_eager_step(busi_on_gpu):
             step(xb, xb, yb, torch.zeros_like(yb), 0.5, 0.0)
         steps[name] = (step, step.epoch_stats())
     assert steps["graph"][0].graph_active and not steps["eager"][0].graph_active
-    for (name, a), b in zip(eager_model.state_dict().items(), graph_model.state_dict().values()):
-        assert torch.allclose(a.float(), b.float(), rtol=2e-2, atol=2e-3), name
+    # AdamW normalises each element's step, so elements with near-zero gradients can move either
+    # way under bf16 rounding: compare the whole update, not element by element. A graph replaying
+    # stale inputs or a frozen learning rate differs by the size of the update itself.
+    moved = torch.cat([(a.float() - start[k]).flatten() for k, a in eager_model.state_dict().items()])
+    apart = torch.cat([(a.float() - b.float()).flatten()
+                       for a, b in zip(eager_model.state_dict().values(), graph_model.state_dict().values())])
+    assert float(apart.norm()) < 0.1 * float(moved.norm()), (float(apart.norm()), float(moved.norm()))
     assert steps["graph"][1]["loss"] == pytest.approx(steps["eager"][1]["loss"], rel=2e-2)
 
 
