@@ -36,8 +36,9 @@ def tiny_model(data: ArrayData, seed: int = 0) -> PumaMedNet:
                                        class_names=list(data.class_names)))
 
 
-def _weights(folder):
-    return ckpt.read_tensors(folder / ckpt.WEIGHTS_FILE)
+def _resume_weights(folder):
+    tensors, _ = ckpt.read_resume_state(folder)
+    return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
 
 
 def test_reconstruction_loss_decreases_on_real_images(real_images, tmp_path):
@@ -77,19 +78,15 @@ def test_resume_is_exact(real_images, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         fit(tiny_model(real_images), real_images, real_images, cfg, tmp_path / "resumed", **quiet)
     monkeypatch.setattr(train_module, "validate", real_validate)
-    state = json.loads((tmp_path / "resumed" / RESUME_DIR / ckpt.STATE_JSON_FILE).read_text())
+    _, state = ckpt.read_resume_state(tmp_path / "resumed" / RESUME_DIR)
     assert state["info"]["epoch"] == 0  # only epoch 1 was saved
     fit(tiny_model(real_images, seed=123), real_images, real_images, cfg, tmp_path / "resumed", resume=True, **quiet)
 
-    a = _weights(tmp_path / "straight" / RESUME_DIR)
-    b = _weights(tmp_path / "resumed" / RESUME_DIR)
-    assert a.keys() == b.keys()
+    a, _ = ckpt.read_resume_state(tmp_path / "straight" / RESUME_DIR)  # weights and optimizer moments
+    b, _ = ckpt.read_resume_state(tmp_path / "resumed" / RESUME_DIR)
+    assert a.keys() == b.keys() and any(k.startswith("optimizer.") for k in a)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
-    sa = ckpt.read_tensors(tmp_path / "straight" / RESUME_DIR / ckpt.STATE_WEIGHTS_FILE)
-    sb = ckpt.read_tensors(tmp_path / "resumed" / RESUME_DIR / ckpt.STATE_WEIGHTS_FILE)
-    for key in sa:
-        torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=1e-6, msg=key)
     history = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
 
@@ -128,8 +125,8 @@ def test_ddp_two_processes_match_one(real_images, tmp_path):
     fit(tiny_model(real_images), real_images, real_images, TrainConfig(batch_size=16, **DDP_CFG),
         tmp_path / "single", device="cpu", log=lambda *_: None)
     mp.spawn(_ddp_worker, args=(2, _free_port(), real_images, str(tmp_path / "ddp")), nprocs=2, join=True)
-    single = _weights(tmp_path / "single" / RESUME_DIR)
-    ddp = _weights(tmp_path / "ddp" / RESUME_DIR)
+    single = _resume_weights(tmp_path / "single" / RESUME_DIR)
+    ddp = _resume_weights(tmp_path / "ddp" / RESUME_DIR)
     config = json.loads((tmp_path / "ddp" / "config.json").read_text())
     assert config["training"]["world_size"] == 2
     init = tiny_model(real_images).state_dict()
@@ -245,3 +242,34 @@ def test_resume_keeps_the_best_epochs_validation_metrics(real_images, tmp_path):
     assert resumed["val"]["auc"]["macro"] == pytest.approx(first["val"]["auc"]["macro"])
     on_disk = json.loads((tmp_path / "run" / ckpt.METRICS_FILE).read_text())
     assert on_disk["val"] == resumed["val"]
+
+
+def test_resume_reads_the_earlier_two_file_layout(real_images, tmp_path):
+    """A resume folder written before the single-file state (weights in model.safetensors,
+    optimizer in training_state.*) still resumes, and the next save replaces it with one file."""
+    cfg = TrainConfig(epochs=1, batch_size=8, progress=False, keep_resume_state=True, augment=False, denoise=False)
+    fit(tiny_model(real_images), real_images, real_images, cfg, tmp_path / "run", device="cpu", log=lambda *_: None)
+    resume = tmp_path / "run" / RESUME_DIR
+    tensors, payload = ckpt.read_resume_state(resume)
+    model = tiny_model(real_images)
+    ckpt.load_state_strict(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ckpt.load_resume_state(resume, model, optimizer)
+    (resume / ckpt.RESUME_FILE).unlink()
+    ckpt.save_checkpoint(resume, model, {}, {}, "")  # the earlier layout, written by hand
+    ckpt.save_training_state(resume, optimizer, payload["info"])
+    assert ckpt.has_resume_state(resume)
+    cfg2 = TrainConfig(**{**cfg.to_dict(), "epochs": 2})
+    metrics = fit(tiny_model(real_images, seed=9), real_images, real_images, cfg2, tmp_path / "run", device="cpu",
+                  resume=True, log=lambda *_: None)
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert (resume / ckpt.RESUME_FILE).is_file() and not (resume / ckpt.STATE_JSON_FILE).exists()
+    assert not (resume / ckpt.WEIGHTS_FILE).exists()
+
+
+def test_a_foreign_file_is_not_taken_for_a_resume_state(tmp_path):
+    from pumamed.errors import CheckpointError
+
+    ckpt.atomic_save_tensors(tmp_path / ckpt.RESUME_FILE, {"x": torch.zeros(2)}, metadata={"format": "other"})
+    with pytest.raises(CheckpointError, match="not a resume state"):
+        ckpt.read_resume_state(tmp_path)

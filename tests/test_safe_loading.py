@@ -6,7 +6,7 @@ pickle is refused by every loader a user can point at it.
    loaders, ``pd.read_pickle``, ``np.load(..., allow_pickle=True)``, ``torch.jit.load``, ``marshal``,
    ``shelve`` and ``yaml.load`` without a safe loader.
 2. A pickle whose ``__reduce__`` would create a marker file is planted as ``model.safetensors``,
-   as ``training_state.safetensors`` (``--resume``), as a ``weight_maps.safetensors`` and as a ``.pt``
+   as ``resume_state.safetensors`` / ``training_state.safetensors`` (``--resume``), as a ``weight_maps.safetensors`` and as a ``.pt``
    next to a checkpoint; every loader refuses it with :class:`CheckpointError` and the marker
    never appears. The explorer's session loader and the ``evaluate`` CLI refuse it too.
 3. ``.npz`` files with object arrays (which need pickle) are refused as data, not unpickled.
@@ -205,7 +205,7 @@ def test_pickle_in_resume_state_and_weight_maps_is_refused(checkpoint, tmp_path)
     from pumamed.net.train import load_weight_maps
 
     marker = tmp_path / "MARKER"
-    for name in ("training_state.safetensors", "weight_maps.safetensors"):
+    for name in ("resume_state.safetensors", "training_state.safetensors", "weight_maps.safetensors"):
         (checkpoint / name).write_bytes(_malicious_pickle(marker))
         with pytest.raises(CheckpointError):
             read_tensors(checkpoint / name)

@@ -61,9 +61,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, data_root):
 
 
 def _interrupt_and_resume(straight, killed, straight_out: Path, killed_out: Path, env: dict) -> None:
+    from pumamed.net import checkpoint as ckpt
     from pumamed.net import load_model
 
-    state = killed_out / "resume" / "training_state.json"
+    state = killed_out / "resume" / ckpt.RESUME_FILE
     deadline = time.time() + 150
     while not state.exists():
         assert killed.poll() is None, "training ended before its first checkpoint: " + \
@@ -73,7 +74,7 @@ def _interrupt_and_resume(straight, killed, straight_out: Path, killed_out: Path
     time.sleep(0.4)  # into the next epoch
     killed.send_signal(signal.SIGKILL)
     killed.wait()
-    done = json.loads(state.read_text())["info"]["epoch"] + 1
+    done = ckpt.read_resume_state(state.parent)[1]["info"]["epoch"] + 1
     assert done < EPOCHS, "the run finished before it could be interrupted"
     leftovers = [p.name for p in killed_out.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
     assert all(name.startswith(".") for name in leftovers), leftovers  # never under a real name
@@ -87,7 +88,8 @@ def _interrupt_and_resume(straight, killed, straight_out: Path, killed_out: Path
     _wait(straight, 240, "the uninterrupted run")
     assert "resuming after epoch" in killed_out.with_suffix(".log").read_text()
     ours = [p.name for p in killed_out.rglob(".*.tmp") if p.name.split(".")[1] in ("model", "config", "metrics",
-                                                                                     "training_state", "weight_maps")]
+                                                                                     "training_state", "resume_state",
+                                                                                     "weight_maps")]
     assert not ours, ours  # the resumed run cleared what the killed save left behind
 
     results = {}

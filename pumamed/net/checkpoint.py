@@ -3,8 +3,11 @@
 Nothing here ever unpickles: weights are read with safetensors, everything else is JSON or text.
 Every file of a checkpoint is written to a temporary file in the same folder and moved into place
 with ``os.replace`` (atomic on POSIX and Windows), so an interrupted save leaves the previous
-checkpoint readable. Training state for ``--resume`` (optimizer moments, epoch, history) is kept
-beside the model in ``training_state.safetensors`` + ``training_state.json``, same rules.
+checkpoint readable. The state for ``--resume`` (weights, optimizer moments, epoch, history) is
+one file, ``resume_state.safetensors`` (tensors + the rest as JSON in its metadata), so a single
+atomic replace moves training from one epoch's state to the next: a kill at any moment leaves one
+whole epoch's state. Resume folders of the earlier layout (``model.safetensors`` +
+``training_state.safetensors`` + ``training_state.json``) are still read.
 
 config.json layout::
 
@@ -30,6 +33,8 @@ FORMAT = "pumamed-checkpoint"
 FORMAT_VERSION = 1
 STATE_WEIGHTS_FILE = "training_state.safetensors"
 STATE_JSON_FILE = "training_state.json"
+RESUME_FILE = "resume_state.safetensors"
+RESUME_FORMAT = "pumamed-resume-state"
 ARCHITECTURES = ("pumamednet", "resnet18")
 
 
@@ -94,7 +99,7 @@ def _atomic_write(path: Path, write) -> None:
 
 # Every file name a save writes; an interrupted write leaves ".<name>.<random>.tmp" beside it.
 WRITTEN_FILES = (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, CARD_FILE, STATE_WEIGHTS_FILE, STATE_JSON_FILE,
-                 "weight_maps.safetensors")
+                 RESUME_FILE, "weight_maps.safetensors")
 
 
 def remove_stale_temporaries(folder: Path) -> list[str]:
@@ -290,10 +295,8 @@ def load_model(path, device=None) -> LoadedModel:
 
 
 # --- training state (for --resume) ------------------------------------------------------------
-def save_training_state(folder, optimizer: torch.optim.Optimizer, info: dict,
-                        scheduler=None, scaler=None) -> None:
-    """Optimizer moments as tensors (safetensors) and every non-tensor part as JSON."""
-    folder = Path(folder)
+def _optimizer_payload(optimizer: torch.optim.Optimizer, info: dict, scheduler=None, scaler=None):
+    """(optimizer tensors keyed ``optimizer.<param id>.<name>``, everything else as a JSON-able dict)."""
     tensors: dict[str, torch.Tensor] = {}
     opt_state = optimizer.state_dict()
     scalar_state: dict[str, dict] = {}
@@ -309,6 +312,90 @@ def save_training_state(folder, optimizer: torch.optim.Optimizer, info: dict,
     payload = {"info": info, "param_groups": param_groups, "scalar_state": scalar_state,
                "scheduler": scheduler.state_dict() if scheduler is not None else None,
                "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
+    return tensors, _jsonable(payload)
+
+
+def _restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], payload: dict, where, scheduler=None,
+                       scaler=None) -> dict:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        parts = key.split(".")
+        if parts[0] != "optimizer" or parts[1] == "empty":
+            continue
+        state.setdefault(int(parts[1]), {})[".".join(parts[2:])] = value
+    for pid, values in payload.get("scalar_state", {}).items():
+        state.setdefault(int(pid), {}).update(values)
+    try:
+        optimizer.load_state_dict({"state": state, "param_groups": payload["param_groups"]})
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot resume from {where}: the optimizer state does not fit ({exc})") from exc
+    if scheduler is not None and payload.get("scheduler"):
+        scheduler.load_state_dict(payload["scheduler"])
+    if scaler is not None and payload.get("scaler"):
+        scaler.load_state_dict(payload["scaler"])
+    return payload.get("info", {})
+
+
+def save_resume_state(folder, model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: dict,
+                      scheduler=None, scaler=None) -> None:
+    """Weights, optimizer moments and ``info`` (epoch, history...) in one safetensors file, written
+    atomically: the previous epoch's state stays whole until this one replaces it in one step."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v for k, v in _unwrap(model).state_dict().items()}
+    optimizer_tensors, payload = _optimizer_payload(optimizer, info, scheduler, scaler)
+    tensors.update(optimizer_tensors)
+    atomic_save_tensors(folder / RESUME_FILE, tensors,
+                        metadata={"format": RESUME_FORMAT, "payload": json.dumps(payload)})
+    for name in (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, CARD_FILE, STATE_WEIGHTS_FILE, STATE_JSON_FILE):
+        (folder / name).unlink(missing_ok=True)  # the earlier layout, now stale
+
+
+def has_resume_state(folder) -> bool:
+    folder = Path(folder)
+    return (folder / RESUME_FILE).is_file() or ((folder / WEIGHTS_FILE).is_file() and (folder / STATE_JSON_FILE).is_file())
+
+
+def read_resume_state(folder) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, payload) of ``folder/resume_state.safetensors``; CheckpointError if unreadable."""
+    from safetensors import safe_open
+
+    path = Path(folder) / RESUME_FILE
+    tensors = read_tensors(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+        if metadata.get("format") != RESUME_FORMAT:
+            raise ValueError(f"format {metadata.get('format')!r}")
+        payload = json.loads(metadata["payload"])
+    except (KeyError, ValueError, OSError) as exc:
+        raise CheckpointError(f"cannot resume: {path} is not a resume state ({exc})") from exc
+    return tensors, payload
+
+
+def load_resume_state(folder, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler=None,
+                      scaler=None) -> dict:
+    """Restore weights and optimizer from a resume folder (either layout); returns ``info``."""
+    folder = Path(folder)
+    if not (folder / RESUME_FILE).is_file():
+        if not has_resume_state(folder):
+            raise CheckpointError(f"cannot resume: {folder} holds no saved training state")
+        load_state_strict(model, read_tensors(folder / WEIGHTS_FILE), str(folder))
+        return load_training_state(folder, optimizer, scheduler=scheduler, scaler=scaler)
+    tensors, payload = read_resume_state(folder)
+    model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    load_state_strict(_unwrap(model), model_state, str(folder))
+    return _restore_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optimizer.")},
+                              payload, folder, scheduler, scaler)
+
+
+def save_training_state(folder, optimizer: torch.optim.Optimizer, info: dict,
+                        scheduler=None, scaler=None) -> None:
+    """The earlier resume layout's optimizer part: moments as tensors (safetensors) and every
+    non-tensor part as JSON. Training now writes :func:`save_resume_state`; this stays for
+    optimizer-only state and for tests of resuming folders written in that layout."""
+    folder = Path(folder)
+    tensors, payload = _optimizer_payload(optimizer, info, scheduler, scaler)
     if not tensors:
         tensors["optimizer.empty"] = torch.zeros(1)
     atomic_save_tensors(folder / STATE_WEIGHTS_FILE, tensors)
@@ -325,20 +412,6 @@ def load_training_state(folder, optimizer: torch.optim.Optimizer, scheduler=None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"cannot resume: {folder / STATE_JSON_FILE} is not valid JSON ({exc})") from exc
     tensors = read_tensors(folder / STATE_WEIGHTS_FILE)
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        parts = key.split(".")
-        if parts[0] != "optimizer" or parts[1] == "empty":
-            continue
-        state.setdefault(int(parts[1]), {})[".".join(parts[2:])] = value
-    for pid, values in payload.get("scalar_state", {}).items():
-        state.setdefault(int(pid), {}).update(values)
-    try:
-        optimizer.load_state_dict({"state": state, "param_groups": payload["param_groups"]})
-    except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"cannot resume from {folder}: the optimizer state does not fit ({exc})") from exc
-    if scheduler is not None and payload.get("scheduler"):
-        scheduler.load_state_dict(payload["scheduler"])
-    if scaler is not None and payload.get("scaler"):
-        scaler.load_state_dict(payload["scaler"])
-    return payload.get("info", {})
+    return _restore_optimizer(optimizer, tensors, payload, folder, scheduler, scaler)
+
+

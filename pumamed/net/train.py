@@ -4,7 +4,10 @@
 * deterministic: every epoch reseeds Python/NumPy/torch with ``seed + epoch`` and seeds its
   sampler, so a run resumed after epoch k is identical to one that never stopped;
 * a checkpoint every epoch, atomically: the best model so far (selected on the validation split)
-  in ``out/``, the last state (weights + optimizer moments + history) in ``out/resume/``;
+  in ``out/``, the last state (weights + optimizer moments + history) in one file,
+  ``out/resume/resume_state.safetensors``;
+* the step itself in :mod:`pumamed.net.step`: statistics summed on the device, and on one CUDA
+  device the whole step replayed from a CUDA graph;
 * mixed precision on CUDA (``pumamed.config.autocast``; a GradScaler when that means fp16),
   optional channels_last, DDP when launched by ``torchrun`` (gloo on CPU, nccl on CUDA).
 """
@@ -268,10 +271,9 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
     before_label = "start of training"
     weights_before = weight_map_snapshot(model, reference, device)
     if resume:
-        if not (resume_dir / ckpt.WEIGHTS_FILE).is_file():
+        if not ckpt.has_resume_state(resume_dir):
             raise CheckpointError(f"cannot resume: {resume_dir} holds no saved training state")
-        ckpt.load_state_strict(model, ckpt.read_tensors(resume_dir / ckpt.WEIGHTS_FILE), str(resume_dir))
-        info = ckpt.load_training_state(resume_dir, optimizer, scaler=scaler)
+        info = ckpt.load_resume_state(resume_dir, model, optimizer, scaler=scaler)
         if use_graphs:
             make_capturable(optimizer, device)
         start_epoch, global_step = int(info["epoch"]) + 1, int(info["global_step"])
@@ -375,8 +377,7 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
             else:
                 # keep metrics.json in step with the history even when the weights stay
                 ckpt.atomic_write_json(out_dir / ckpt.METRICS_FILE, final_metrics)
-            ckpt.save_checkpoint(resume_dir, raw, config, {"history": history}, "resume state; not a release\n")
-            ckpt.save_training_state(resume_dir, optimizer, {
+            ckpt.save_resume_state(resume_dir, raw, optimizer, {
                 "epoch": epoch, "global_step": global_step, "best_score": best_score, "best_epoch": best_epoch,
                 "history": history, "weights_before": weights_before.tolist() if weights_before.numel() else None,
             }, scaler=scaler)
