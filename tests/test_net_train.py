@@ -187,6 +187,13 @@ def test_cli_pretrain_transfer_evaluate(imaging_root, tmp_path, capsys):
     at64 = ckpt.load_model(tmp_path / "at64", device="cpu")
     assert at64.config["data"]["init_size"] == 32 and at64.model.config.image_size == 64
     assert at64.model.config.attention_resolution == 16  # the same stage as 8 px wide at 32 px
+    # --init fixes the architecture: options that contradict it are refused, not silently replaced.
+    capsys.readouterr()
+    assert main(["train", "--dataset", "breastmnist", "--init", str(pre), "--size", "32", "--latent", "16",
+                 "--widths", "8,16,32", "--quiet", *steps, "--out", str(tmp_path / "contradicts")]) == 2
+    err = capsys.readouterr().err
+    assert "--latent 16 (pretrained: 8)" in err and "--widths" not in err
+    assert not (tmp_path / "contradicts" / ckpt.WEIGHTS_FILE).exists()
     # Without the size allowance a mismatching encoder is refused with one clear message.
     from pumamed.errors import CheckpointError
     from pumamed.net.pipeline import transfer_weights

@@ -16,11 +16,13 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", help="data directory (default: $PUMAMED_DATA_DIR or ./data)")
     p.add_argument("--arch", choices=["pumamednet", "resnet18"], default="pumamednet")
     p.add_argument("--size", type=int, default=64, help="image size in pixels (64, 128, 256)")
-    p.add_argument("--latent", type=int, default=32, help="latent dimensions")
-    p.add_argument("--widths", default="16,32,64,128",
-                   help="encoder widths, one per halving of the image (default 16,32,64,128)")
-    p.add_argument("--weight-map", choices=["learned", "error", "none"], default="learned",
-                   help="per-pixel weights of the reconstruction loss")
+    p.add_argument("--latent", type=int, default=None, help="latent dimensions (default 32; with --init: the pretrained model's)")
+    p.add_argument("--widths", default=None,
+                   help="encoder widths, one per halving of the image (default 16,32,64,128; with --init: the "
+                        "pretrained model's)")
+    p.add_argument("--weight-map", choices=["learned", "error", "none"], default=None,
+                   help="per-pixel weights of the reconstruction loss (default learned; with --init: the "
+                        "pretrained model's)")
     p.add_argument("--decoder", choices=["transposed", "upsample"], default=None,
                    help="decoder: transposed (lean; the default) or upsample (the first release's, about 3.5x "
                         "the FLOPs); with --init, the pretrained model's unless given")
@@ -64,7 +66,7 @@ def run_train(args) -> int:
 
     names = [n.strip() for n in args.dataset.split(",") if n.strip()]
     try:
-        widths = tuple(int(w) for w in args.widths.split(","))
+        widths = tuple(int(w) for w in args.widths.split(",")) if args.widths is not None else (16, 32, 64, 128)
     except ValueError as exc:
         raise InputError(f"--widths must be comma-separated integers, got {args.widths!r}") from exc
     if args.epochs < 1:
@@ -77,8 +79,10 @@ def run_train(args) -> int:
         channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, max_steps_per_epoch=args.max_steps_per_epoch,
         keep_resume_state=args.keep_state, progress=not args.quiet)
     out = Path(args.out) if args.out else Path("runs") / f"{'+'.join(names)}_{args.arch}"
-    spec = RunSpec(datasets=names, out=out, arch=args.arch, size=args.size, latent=args.latent, widths=widths,
-                   weight_map=args.weight_map, decoder=args.decoder, classifier_hidden=args.classifier_hidden,
+    spec = RunSpec(datasets=names, out=out, arch=args.arch, size=args.size, latent=args.latent or 32, widths=widths,
+                   weight_map=args.weight_map or "learned",
+                   architecture_given=tuple(name for name in ("latent", "widths", "weight_map")
+                                            if getattr(args, name) is not None), decoder=args.decoder, classifier_hidden=args.classifier_hidden,
                    init=Path(args.init) if args.init else None, resume=args.resume, data_dir=args.data_dir,
                    report_test=not args.no_test, train=train_cfg)
     metrics = run(spec)

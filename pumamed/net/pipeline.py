@@ -33,6 +33,7 @@ class RunSpec:
     widths: tuple[int, ...] = (16, 32, 64, 128)
     weight_map: str = "learned"
     decoder: str | None = None  # None: the --init model's decoder, else "transposed"
+    architecture_given: tuple[str, ...] = ()  # latent / widths / weight_map set by the user (checked against --init)
     attention_resolution: int = 8
     classifier_hidden: int = 0
     init: Path | None = None
@@ -40,6 +41,10 @@ class RunSpec:
     data_dir: str | None = None
     report_test: bool = True
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _option_text(value) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
 def _check_names(names: list[str]) -> list[str]:
@@ -173,9 +178,16 @@ def run(spec: RunSpec, log=print) -> dict:
             log(f"--init was trained at {init_size} px, this run is at {spec.size} px: its convolution filters "
                 f"transfer (self-attention stays at the same stage, now {spec.attention_resolution} px wide), "
                 f"the latent projections (encoder.to_latent, decoder.from_latent) start fresh")
-        spec.latent = int(init_model_cfg.get("latent_dim", spec.latent))
-        spec.widths = tuple(init_model_cfg.get("widths", spec.widths))
-        spec.weight_map = init_model_cfg.get("weight_map", spec.weight_map)
+        pretrained = {"latent": int(init_model_cfg.get("latent_dim", spec.latent)),
+                      "widths": tuple(init_model_cfg.get("widths", spec.widths)),
+                      "weight_map": init_model_cfg.get("weight_map", spec.weight_map)}
+        conflicts = [f"--{name.replace('_', '-')} {_option_text(getattr(spec, name))} (pretrained: "
+                     f"{_option_text(value)})" for name, value in pretrained.items()
+                     if name in spec.architecture_given and getattr(spec, name) != value]
+        if conflicts:
+            raise InputError("--init fixes the architecture, and " + "; ".join(conflicts) + " differs: leave "
+                             "these options out, or pretrain with them")
+        spec.latent, spec.widths, spec.weight_map = pretrained["latent"], pretrained["widths"], pretrained["weight_map"]
         if spec.decoder is None:
             spec.decoder = init_loaded.model.config.decoder
 
