@@ -20,6 +20,7 @@ fails, training continues eagerly and says so once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -89,6 +90,12 @@ class CudaGraphStep:
                 pass
             return
         self.graph = graph
+
+
+def clip_norm_for(image_size: int) -> float:
+    """Gradient-norm ceiling of a training step: the summed per-pixel loss grows with the image
+    area, so its gradients grow with the side length."""
+    return 5.0 * max(1.0, math.sqrt(image_size))
 
 
 def graphs_supported(device: torch.device, scaler=None, world_size: int = 1) -> bool:

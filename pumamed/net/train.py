@@ -229,7 +229,7 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
     from pumamed.config import select_device, seed_everything
-    from pumamed.net.step import TrainStep, graphs_supported, make_capturable, make_optimizer, set_learning_rate
+    from pumamed.net.step import TrainStep, clip_norm_for, graphs_supported, make_capturable, make_optimizer, set_learning_rate
 
     out_dir = Path(out_dir)
     resume_dir = out_dir / RESUME_DIR
@@ -290,7 +290,7 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
 
         runner = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     train_step = TrainStep(runner, model, optimizer, device, scaler=scaler, graph=use_graphs, world_size=world,
-                           clip_norm=5.0 * max(1.0, math.sqrt(train.size)), log=log)
+                           clip_norm=clip_norm_for(train.size), log=log)
 
     main = rank == 0
     final_metrics: dict = {}
