@@ -110,6 +110,10 @@ def make_optimizer(params, lr: float, weight_decay: float, device, capturable: b
     if capturable:
         return torch.optim.AdamW(params, lr=torch.tensor(float(lr), device=device), weight_decay=weight_decay,
                                  capturable=True)
+    if torch.device(device).type == "cpu":
+        # The fused CPU kernel updates every tensor in one pass: 2 ms against 7-10 ms per step for
+        # PumaMedNet's 90 parameter tensors on two cores (the same arithmetic as the default loop).
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
