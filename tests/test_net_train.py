@@ -56,10 +56,12 @@ def test_reconstruction_loss_decreases_on_real_images(real_images, tmp_path):
     assert mse() < 0.6 * before
 
 
-def test_resume_is_exact(real_images, tmp_path, monkeypatch):
+@pytest.mark.parametrize("augment_on", ["loader", "device"])
+def test_resume_is_exact(real_images, tmp_path, monkeypatch, augment_on):
     """An interrupted run resumed from its epoch checkpoint ends with the very same weights and
-    optimizer state as an uninterrupted run (augmentation and denoising on)."""
-    cfg = TrainConfig(epochs=2, batch_size=16, progress=False, keep_resume_state=True)
+    optimizer state as an uninterrupted run (augmentation and denoising on, in DataLoader workers'
+    v2 transforms or batched on the device)."""
+    cfg = TrainConfig(epochs=2, batch_size=16, progress=False, keep_resume_state=True, augment_on=augment_on)
     quiet = dict(device="cpu", log=lambda *_: None)
     fit(tiny_model(real_images), real_images, real_images, cfg, tmp_path / "straight", **quiet)
 
@@ -212,6 +214,21 @@ def test_cli_resnet18_baseline(imaging_root, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["arch"] == "resnet18" and result["reconstruction_error"] is None
     assert result["parameters"] > 11_000_000
+
+
+def test_cli_augments_on_the_device_when_asked(imaging_root, tmp_path, capsys):
+    """--augment-on device trains (here on the CPU) and is recorded in config.json; a ResNet-18
+    gets the geometry only (no corruption: it has no decoder)."""
+    for arch in ("pumamednet", "resnet18"):
+        out = tmp_path / arch
+        assert main(["train", "--dataset", "breastmnist", "--arch", arch, *TINY_CLI[:2], "--epochs", "1",
+                     "--max-steps-per-epoch", "2", "--batch-size", "8", "--quiet", "--no-test", "--augment-on",
+                     "device", "--out", str(out)]) == 0
+        capsys.readouterr()
+        config = json.loads((out / "config.json").read_text())
+        assert config["training"]["augment_on"] == "device"
+    with pytest.raises(SystemExit):
+        main(["train", "--dataset", "breastmnist", "--augment-on", "gpu"])
 
 
 def test_transfer_follows_or_overrides_the_pretrained_decoder(imaging_root, tmp_path, capsys):

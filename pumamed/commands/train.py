@@ -37,9 +37,13 @@ def register(subparsers) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 on CPU, 8 on GPU)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers when augmenting in the loader (default: 0 on CPU, 8 on GPU)")
     p.add_argument("--no-augment", action="store_true", help="no geometric augmentation")
     p.add_argument("--no-denoise", action="store_true", help="no input corruption")
+    p.add_argument("--augment-on", choices=["auto", "loader", "device"], default="auto",
+                   help="loader: torchvision v2 per image in DataLoader workers; device: whole batches on the "
+                        "training device (pumamed.net.augment); auto (default): device on CUDA, loader elsewhere")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format on CUDA")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="replay each training step from a CUDA graph where possible: one process on a CUDA "
@@ -75,7 +79,8 @@ def run_train(args) -> int:
     train_cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, beta=args.beta,
         kl_warmup=args.kl_warmup, capacity=args.capacity, aux_weight=args.aux_weight, cls_weight=args.cls_weight,
-        augment=not args.no_augment, denoise=not args.no_denoise, seed=args.seed, num_workers=workers,
+        augment=not args.no_augment, denoise=not args.no_denoise, augment_on=args.augment_on, seed=args.seed,
+        num_workers=workers,
         channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, max_steps_per_epoch=args.max_steps_per_epoch,
         keep_resume_state=args.keep_state, progress=not args.quiet)
     out = Path(args.out) if args.out else Path("runs") / f"{'+'.join(names)}_{args.arch}"
