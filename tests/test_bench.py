@@ -13,6 +13,21 @@ from pumamed.cli import main
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def test_bench_augment_reports_both_paths_and_the_ratio_to_the_faster_baseline(imaging_root, capsys):
+    code = main(["bench", "augment", "--data-dir", str(imaging_root.parent), "--images", "32", "--batch-size", "8",
+                 "--workers", "0", "1", "--rounds", "2", "--device", "cpu", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = {r["contender"]: r["images_per_s"] for r in result["rows"]}
+    assert set(rows) == {"v2 per image, DataLoader workers=0", "v2 per image, DataLoader workers=1",
+                         "BatchAugment on the device"}
+    assert all(rate > 0 for rate in rows.values()) and result["images"] == 32
+    baselines = {name: rate for name, rate in rows.items() if name.startswith("v2")}
+    assert result["baseline"] == max(baselines, key=baselines.get)
+    assert result["ratio_vs_baseline"] == pytest.approx(rows["BatchAugment on the device"] / max(baselines.values()),
+                                                        abs=0.01)
+
+
 def test_bench_train_reports_every_contender_and_a_ratio(imaging_root, capsys):
     code = main(["bench", "train", "--data-dir", str(imaging_root.parent), "--peers", "monai,pythae", "--size", "64", "--batch-size", "4",
                  "--steps", "1", "--rounds", "2", "--warmup", "1", "--json"])

@@ -7,6 +7,8 @@ BENCHMARKS = (
     ("loading", "image loading throughput vs torchvision ImageFolder", "pumamed.bench.loading"),
     ("explorer", "explorer latency (decode, traversal grid, masked reconstruction) vs a naive path", "pumamed.bench.explorer"),
     ("train", "PumaMedNet training throughput vs MONAI VarAutoEncoder / Pythae BetaVAE", "pumamed.bench.train"),
+    ("augment", "denoising augmentation batched on the device vs torchvision v2 in DataLoader workers",
+     "pumamed.bench.augment"),
     ("map", "national choropleth build time, warm vs cold", "pumamed.bench.map"),
     ("epi", "the diabetes-models page pipeline for all municipalities", "pumamed.bench.epi"),
     ("load", "concurrent browser sessions on one server: exceptions, memory, model loads", "pumamed.bench.load"),
