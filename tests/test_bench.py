@@ -36,7 +36,7 @@ def test_bench_train_reports_every_contender_and_a_ratio(imaging_root, capsys):
     rows = {r["contender"]: r for r in result["rows"]}
     ours = rows["PumaMedNet"]
     assert ours["images_per_s"] > 0 and len(ours["rounds"]) == 2
-    assert rows["PumaMedNet + in-loop corruption"]["images_per_s"] > 0
+    assert rows["PumaMedNet + on-device augmentation"]["images_per_s"] > 0
     peers = [rows[name] for name in ("MONAI VarAutoEncoder", "Pythae BetaVAE")]
     if importlib.util.find_spec("monai") is None:
         # Peers are optional (requirements-bench.txt): reported as missing, never a crash.

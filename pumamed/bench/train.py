@@ -5,8 +5,8 @@ count: MONAI's ``VarAutoEncoder`` and Pythae's ``BetaVAE`` (given the same convo
 encoder/decoder as the MONAI peer, since Pythae's defaults are MLPs or CelebA-sized RGB nets).
 Peers are optional (``pip install -r requirements-bench.txt``); a missing one is reported, not
 fatal. Data loading is excluded for every contender (pre-made batches on the device) so the
-figure is the model's training step; PumaMedNet's full step includes its weight-map network and
-its in-loop denoising corruption is measured as a separate row.
+figure is the model's training step; PumaMedNet's full step includes its weight-map network, and
+a separate row adds its denoising augmentation drawn on the device (``train --augment-on device``).
 """
 
 from __future__ import annotations
@@ -109,18 +109,18 @@ def _pythae_step_factory(size, latent, channels, beta):
     return net, loss_fn
 
 
-def _pumamed_step_factory(size, latent, beta, corrupt: bool, compiled: bool = False):
+def _pumamed_step_factory(size, latent, beta, with_augmentation: bool, compiled: bool = False):
     """PumaMedNet and its training objective, stepped by the same :class:`TrainStep` as ``train``
     (gradient clipping and the device-side statistics included)."""
     import torch
 
     from pumamed.net import PumaMedNet, PumaMedNetConfig
-    from pumamed.net.data import ArrayData, corruption_transform
+    from pumamed.net.augment import BatchAugment
+    from pumamed.net.data import ArrayData
     from pumamed.net.train import TrainConfig, TrainingObjective
 
     net = PumaMedNet(PumaMedNetConfig(image_size=size, latent_dim=latent))
     empty = ArrayData(images=torch.zeros(1, 1, size, size, dtype=torch.uint8), labels=None)
-    corruption = corruption_transform() if corrupt else None
 
     def make_step(model, optimizer, device, graph):
         from pumamed.net.step import TrainStep, clip_norm_for
@@ -129,11 +129,14 @@ def _pumamed_step_factory(size, latent, beta, corrupt: bool, compiled: bool = Fa
         if compiled:
             objective = torch.compile(objective)
         step = TrainStep(objective, model, optimizer, device, clip_norm=clip_norm_for(size), graph=graph)
+        augment = BatchAugment(device) if with_augmentation else None
+        if augment is not None:
+            augment.reseed(0)
 
         def run_step(x):
-            source = torch.stack([corruption(img) for img in x]) if corruption is not None else x
+            source, target = augment(x) if augment is not None else (x, x)
             label = torch.zeros(len(x), dtype=torch.long, device=x.device)
-            step(source, x, label, label, beta, 0.0)
+            step(source, target, label, label, beta, 0.0)
             run_step.captured = step.graph_active
 
         return run_step
@@ -250,10 +253,11 @@ def run(args) -> int:
 
     ours_params = sum(p.numel() for p in PumaMedNet(PumaMedNetConfig(image_size=args.size, latent_dim=args.latent)).parameters())
     ours = lambda **kw: (lambda: _pumamed_step_factory(args.size, args.latent, beta, **kw))  # noqa: E731
-    add("PumaMedNet", ours(corrupt=False), "full training step: objective with weight-map net and attention, clipping")
+    add("PumaMedNet", ours(with_augmentation=False), "full training step: objective with weight-map net and attention, clipping")
     if graphs:
-        add(GRAPH_ROW, ours(corrupt=False), "the same step replayed from a CUDA graph (train --cuda-graphs)", graph=True)
-    add("PumaMedNet + in-loop corruption", ours(corrupt=True), "blur/noise/erasing applied per batch on the device")
+        add(GRAPH_ROW, ours(with_augmentation=False), "the same step replayed from a CUDA graph (train --cuda-graphs)", graph=True)
+    add("PumaMedNet + on-device augmentation", ours(with_augmentation=True),
+        "geometry and corruption drawn per batch on the device (train --augment-on device)")
     peers = [p.strip().lower() for p in args.peers.split(",") if p.strip()]
     try:
         channels = _peer_channels(ours_params, args.size, args.latent)
@@ -268,7 +272,7 @@ def run(args) -> int:
             if graphs:
                 add(f"{name} (CUDA graph)", build, "the same capture applied to the peer", graph=True)
     if args.compile:
-        add("PumaMedNet (torch.compile)", ours(corrupt=False, compiled=True), "compile time excluded (warm-up steps)")
+        add("PumaMedNet (torch.compile)", ours(with_augmentation=False, compiled=True), "compile time excluded (warm-up steps)")
 
     for _, _, contender, _ in contenders:
         if contender is not None:

@@ -39,7 +39,8 @@ ERASING_RATIO = (0.5, 2.0)
 
 
 class BatchAugment:
-    """``augment(images_uint8) -> (source, target)``: float Bx1xSxS batches in [0, 1].
+    """``augment(images) -> (source, target)``: float Bx1xSxS batches in [0, 1], from uint8
+    images (0-255) or float ones (0-1).
 
     ``geometric`` / ``corrupt`` switch the two halves off (as ``train --no-augment`` /
     ``--no-denoise``). ``reseed(seed)`` makes the following batches reproducible (``train``
@@ -55,7 +56,8 @@ class BatchAugment:
         self.generator.manual_seed(int(seed))
 
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        target = images.to(self.device, non_blocking=True).float().div_(255.0)
+        target = images.to(self.device, non_blocking=True)
+        target = target.float().div_(255.0) if target.dtype == torch.uint8 else target.float()
         if self.geometric:
             target = self.warp(target)
         source = self.corruption(target) if self.corrupt else target
