@@ -135,3 +135,13 @@ def test_matches_the_v2_pipeline_statistics_on_real_images(brain_images):
         assert 0.75 < ours / theirs < 1.25, f"{what}: batched {ours:.4f} vs v2 {theirs:.4f}"
     # the geometry keeps the image's brightness (zeros come in only at the borders)
     assert abs(target.mean().item() - v2_target.mean().item()) < 0.02
+
+
+def test_where_train_augments():
+    from pumamed.errors import InputError
+    from pumamed.net.train import augment_on_device
+
+    assert augment_on_device("auto", "cuda") and augment_on_device("device", "cpu")
+    assert not augment_on_device("auto", "cpu") and not augment_on_device("loader", "cuda")
+    with pytest.raises(InputError, match="augment_on"):
+        augment_on_device("gpu", "cpu")
