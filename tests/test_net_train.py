@@ -226,7 +226,7 @@ def test_cli_augments_on_the_device_when_asked(imaging_root, tmp_path, capsys):
                      "device", "--out", str(out)]) == 0
         capsys.readouterr()
         config = json.loads((out / "config.json").read_text())
-        assert config["training"]["augment_on"] == "device"
+        assert config["training"]["augment_on"] == "device" and config["training"]["augmented_on"] == "device"
     with pytest.raises(SystemExit):
         main(["train", "--dataset", "breastmnist", "--augment-on", "gpu"])
 

@@ -68,9 +68,11 @@ def make_card(config: dict, metrics: dict) -> str:
                  f"process(es), AdamW lr {training.get('lr')}, beta {training.get('beta')} "
                  f"(warm-up {training.get('kl_warmup')}), capacity {training.get('capacity')}, seed {training.get('seed')}")
     lines.append(f"- device: {training.get('device')}; training time {metrics.get('train_seconds')} s")
+    where = {"device": " (drawn per batch on the training device)",
+             "loader": " (torchvision v2, per image)"}.get(training.get("augmented_on"), "")
     lines.append("- denoising objective: flips / affine / perspective on input and target alike; blur, noise and "
-                 "random erasing on the input only" if arch == "pumamednet" else
-                 "- augmentation: flips / affine / perspective")
+                 f"random erasing on the input only{where}" if arch == "pumamednet" else
+                 f"- augmentation: flips / affine / perspective{where}")
     lines += ["", "## Splits", ""]
     lines += _split_rules(names) or ["- as defined by the data layer"]
     lines.append("- model selection on the validation split only; the test split is used for reporting")

@@ -381,7 +381,8 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
             raw = model
             kl_dims = record.get("kl_per_dim")
             config = {**(meta or {}), "training": {**cfg.to_dict(), "epochs_done": epoch + 1, "best_epoch": best_epoch,
-                                                   "world_size": world, "device": _device_label(device)}}
+                                                   "world_size": world, "device": _device_label(device),
+                                                   "augmented_on": "device" if batch_augment is not None else "loader"}}
             if kl_dims is not None:
                 config["kl_per_dim"] = kl_dims
             if improved:
