@@ -427,7 +427,10 @@ def resident_images(images: torch.Tensor, device) -> torch.Tensor:
     nbytes = images.numel() * images.element_size()
     if nbytes < free // 4:
         return images.to(device)
-    return images.pin_memory()
+    try:
+        return images.pin_memory()
+    except RuntimeError:  # the host could not lock that much memory: pageable copies still work
+        return images
 
 
 def device_batches(data: ArrayData, images: torch.Tensor, batches, augment):
