@@ -50,6 +50,11 @@ def register(subparsers) -> None:
                         "device, bf16 or fp32 (default: on; --no-cuda-graphs runs every step eagerly)")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap on steps per epoch (quick runs)")
     p.add_argument("--init", help="checkpoint folder of a pretrained PumaMedNet to transfer from")
+    p.add_argument("--teacher", help="checkpoint folder of a trained classifier (e.g. the ResNet-18 baseline, same "
+                                     "classes and size) whose soft labels the classifier head also learns from")
+    p.add_argument("--distill-weight", type=float, default=0.5,
+                   help="with --teacher: share of the classification loss given to the teacher's soft labels")
+    p.add_argument("--distill-temperature", type=float, default=2.0, help="with --teacher: softening temperature")
     p.add_argument("--out", help="output checkpoint folder (default: runs/<datasets>_<arch>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--keep-state", action="store_true", help="keep the resume state after the run finishes")
@@ -75,11 +80,14 @@ def run_train(args) -> int:
         raise InputError(f"--widths must be comma-separated integers, got {args.widths!r}") from exc
     if args.epochs < 1:
         raise InputError("--epochs must be at least 1")
+    if not 0.0 <= args.distill_weight <= 1.0 or args.distill_temperature <= 0:
+        raise InputError("--distill-weight must be in [0, 1] and --distill-temperature positive")
     workers = args.workers if args.workers is not None else (8 if torch.cuda.is_available() else 0)
     train_cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, beta=args.beta,
         kl_warmup=args.kl_warmup, capacity=args.capacity, aux_weight=args.aux_weight, cls_weight=args.cls_weight,
         augment=not args.no_augment, denoise=not args.no_denoise, augment_on=args.augment_on, seed=args.seed,
+        distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
         num_workers=workers,
         channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, max_steps_per_epoch=args.max_steps_per_epoch,
         keep_resume_state=args.keep_state, progress=not args.quiet)
@@ -88,7 +96,8 @@ def run_train(args) -> int:
                    weight_map=args.weight_map or "learned",
                    architecture_given=tuple(name for name in ("latent", "widths", "weight_map")
                                             if getattr(args, name) is not None), decoder=args.decoder, classifier_hidden=args.classifier_hidden,
-                   init=Path(args.init) if args.init else None, resume=args.resume, data_dir=args.data_dir,
+                   init=Path(args.init) if args.init else None, teacher=Path(args.teacher) if args.teacher else None,
+                   resume=args.resume, data_dir=args.data_dir,
                    report_test=not args.no_test, train=train_cfg)
     metrics = run(spec)
     if is_main_process():

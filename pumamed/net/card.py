@@ -62,6 +62,10 @@ def make_card(config: dict, metrics: dict) -> str:
     lines += ["", "## Training", ""]
     if data.get("init"):
         lines.append(f"- initialised from `{data['init']}` (pretrained on {', '.join(data.get('init_datasets', [])) or 'a mix'})")
+    if data.get("teacher"):
+        lines.append(f"- classifier head distilled from {data['teacher'].get('description')} trained on the same "
+                     f"split (weight {training.get('distill_weight')}, temperature "
+                     f"{training.get('distill_temperature')}); the teacher is not needed to use this model")
     lines.append(f"- data: {', '.join(names)}; train n = {data.get('n_train')}, validation n = {data.get('n_val')}")
     lines.append(f"- epochs {training.get('epochs_done')} of {training.get('epochs')} (best on validation: "
                  f"epoch {training.get('best_epoch')}), batch {training.get('batch_size')} x {training.get('world_size', 1)} "

@@ -5,6 +5,7 @@ Per image (sums over pixels and latent dimensions, so beta = 1 is the usual ELBO
     loss = recon_weight * sum_px w(x) * (x_hat - x)^2                 weighted denoising reconstruction
          + beta_t * KL(q(z|x_corrupt) || N(0, I))                      (or beta * |KL - C_t| with capacity)
          + cls_weight * CE(classifier(mu), y)                          when the model has a classifier
+           (with a teacher: (1 - a) * CE + a * T^2 * KL(teacher_T || classifier_T), distillation)
          + aux_weight * CE(aux_head(mu)[own slice], y)                 weak supervision on a mix
          + BCE(weight_net(x), error(x) / max error)                    trains the learned weight map only
 
@@ -42,6 +43,24 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor, task: str) -
     if task == "binary":
         return F.binary_cross_entropy_with_logits(logits[:, -1], target.float())
     return F.binary_cross_entropy_with_logits(logits, target.float())
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, task: str,
+                      temperature: float) -> torch.Tensor:
+    """Hinton et al. (2015): the student matches the teacher's probabilities softened by
+    ``temperature``, scaled by T^2 so its gradients keep the size of the hard-label loss.
+    Multiclass: KL(teacher || student) over the classes; binary and multilabel: the binary
+    cross-entropy of each sigmoid against the teacher's (the same gradient as their KL)."""
+    t = float(temperature)
+    student, teacher = student_logits.float() / t, teacher_logits.float().detach() / t
+    if task == "multiclass":
+        soft = F.kl_div(F.log_softmax(student, dim=1), F.log_softmax(teacher, dim=1), reduction="batchmean",
+                        log_target=True)
+    elif task == "binary":
+        soft = F.binary_cross_entropy_with_logits(student[:, -1], torch.sigmoid(teacher[:, -1]))
+    else:
+        soft = F.binary_cross_entropy_with_logits(student, torch.sigmoid(teacher))
+    return soft * (t * t)
 
 
 def mix_aux_loss(logits: torch.Tensor, label_vectors: torch.Tensor, dataset_ids: torch.Tensor,

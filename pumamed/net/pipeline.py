@@ -37,6 +37,7 @@ class RunSpec:
     attention_resolution: int = 8
     classifier_hidden: int = 0
     init: Path | None = None
+    teacher: Path | None = None  # a trained classifier (e.g. the ResNet-18 baseline) to distil from
     resume: bool = False
     data_dir: str | None = None
     report_test: bool = True
@@ -120,6 +121,39 @@ def _probe_proba(clf, x, task):
     if task == "binary" and proba.ndim == 2 and proba.shape[1] == 2:
         return proba
     return np.asarray(proba)
+
+
+def load_teacher(folder: Path, train: ArrayData, size: int):
+    """A trained classifier checkpoint (safetensors, never a pickle) for distillation, checked
+    against the run: same classes in the same order, same task and image size.
+    Returns (model, a description for config.json and the model card)."""
+    if train.task not in ("binary", "multiclass", "multilabel"):
+        raise InputError("--teacher distils a classifier: train on one labelled dataset, not on a mix")
+    loaded = ckpt.load_model(folder, device="cpu")
+    model_cfg = loaded.config.get("model", {})
+    has_head = loaded.arch == "resnet18" or getattr(loaded.model, "classifier", None) is not None
+    if not has_head:
+        raise InputError(f"the --teacher model in {folder} has no classifier head")
+    problems = []
+    if list(model_cfg.get("class_names", [])) != list(train.class_names):
+        problems.append(f"classes {model_cfg.get('class_names')} (this run: {list(train.class_names)})")
+    if model_cfg.get("task") != train.task:
+        problems.append(f"task {model_cfg.get('task')!r} (this run: {train.task!r})")
+    if int(model_cfg.get("image_size", size)) != size:
+        problems.append(f"image size {model_cfg.get('image_size')} px (this run: {size} px)")
+    if problems:
+        raise InputError(f"the --teacher model in {folder} does not match this run: " + "; ".join(problems))
+    val_auc = None
+    try:
+        import json
+
+        metrics = json.loads((Path(folder) / ckpt.METRICS_FILE).read_text(encoding="utf-8"))
+        val_auc = ((metrics.get("val") or {}).get("auc") or {}).get("macro")
+    except (OSError, ValueError):
+        pass
+    name = "ResNet-18" if loaded.arch == "resnet18" else "PumaMedNet"
+    description = f"{name} from {Path(folder).name}" + (f" (val macro AUC {val_auc:.4f})" if val_auc else "")
+    return loaded.model, {"path": str(folder), "arch": loaded.arch, "val_auc": val_auc, "description": description}
 
 
 def build_model(spec: RunSpec, train: ArrayData):
@@ -211,11 +245,17 @@ def run(spec: RunSpec, log=print) -> dict:
             auc = transfer["frozen_encoder_probe"]["val"]["auc"]["macro"]
             log(f"(a) frozen encoder + logistic regression: val macro AUC {auc:.4f}")
 
+    teacher = None
+    if spec.teacher is not None:
+        teacher, meta["data"]["teacher"] = load_teacher(spec.teacher, train, spec.size)
+        log(f"distilling from {meta['data']['teacher']['description']} (weight {spec.train.distill_weight}, "
+            f"temperature {spec.train.distill_temperature})")
+
     def card_fn(metrics, config):
         return make_card(config, metrics)
 
     metrics = fit(model, train, val, spec.train, spec.out, resume=spec.resume, device=device, meta=meta,
-                  card_fn=card_fn, log=log)
+                  card_fn=card_fn, teacher=teacher, log=log)
     from pumamed.net.train import is_main_process
 
     if not is_main_process():

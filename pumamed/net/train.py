@@ -31,6 +31,7 @@ from pumamed.net import checkpoint as ckpt
 from pumamed.net.data import ArrayData, DenoisingDataset
 from pumamed.net.losses import (
     classification_loss,
+    distillation_loss,
     kl_per_dim,
     kl_schedule,
     mix_aux_loss,
@@ -55,6 +56,8 @@ class TrainConfig:
     recon_weight: float = 1.0
     cls_weight: float = 50.0  # classifier head on mu (fine-tuning / supervised training)
     aux_weight: float = 10.0  # auxiliary heads on mu (weak supervision while pretraining a mix)
+    distill_weight: float = 0.5  # with a teacher: share of the classification loss given to its soft labels
+    distill_temperature: float = 2.0  # softening of both sides' logits for distillation
     augment: bool = True  # geometric augmentation (input and target alike)
     denoise: bool = True  # corruption of the input only
     # where the augmentations run: "loader" (torchvision v2 per image in DataLoader workers),
@@ -111,21 +114,38 @@ def _barrier():
 class TrainingObjective(nn.Module):
     """Every loss term in one forward (what DDP wraps). Returns (loss, stats)."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, data: ArrayData):
+    def __init__(self, model: nn.Module, cfg: TrainConfig, data: ArrayData, teacher: nn.Module | None = None):
         super().__init__()
         self.model = model
         self.cfg = cfg
         self.is_vae = hasattr(model, "decode")
         self.slices = list(data.slices)
         self.task = data.task
+        # a frozen classifier whose soft labels the classifier head also learns from; kept out of
+        # the module tree so DDP, state dicts and the optimiser never see it
+        self._teacher = (teacher,) if teacher is not None else ()
+
+    def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
+        teacher = self._teacher[0]
+        with torch.no_grad():
+            return teacher.classify(images) if hasattr(teacher, "classify") else teacher(images)
+
+    def classification_term(self, logits: torch.Tensor, label: torch.Tensor, target: torch.Tensor, stats: dict):
+        """The hard-label loss, mixed with distillation from the teacher when there is one."""
+        hard = classification_loss(logits, label, self.task)
+        stats["cls"] = hard.detach()
+        if not self._teacher:
+            return hard
+        soft = distillation_loss(logits, self.teacher_logits(target), self.task, self.cfg.distill_temperature)
+        stats["distill"] = soft.detach()
+        a = self.cfg.distill_weight
+        return (1.0 - a) * hard + a * soft
 
     def forward(self, source, target, label, dataset_id, beta_t: float, capacity_t: float):
         cfg = self.cfg
         stats = {}
         if not self.is_vae:
-            loss = classification_loss(self.model(target), label, self.task)
-            stats["cls"] = loss.detach()
-            return loss, stats
+            return self.classification_term(self.model(target), label, target, stats), stats
         model = self.model
         mu, logvar = model.encode(source)
         z = model.reparameterize(mu, logvar) if cfg.sample_latent else mu
@@ -142,9 +162,8 @@ class TrainingObjective(nn.Module):
             loss = loss + weight_net_loss
             stats["weight_net"] = weight_net_loss.detach()
         if model.classifier is not None and self.task in ("binary", "multiclass", "multilabel"):
-            cls = classification_loss(model.classifier(mu), label, self.task)
-            loss = loss + cfg.cls_weight * cls
-            stats["cls"] = cls.detach()
+            # the teacher sees the clean (geometrically augmented) image, the student its corrupted input
+            loss = loss + cfg.cls_weight * self.classification_term(model.classifier(mu), label, target, stats)
         if "mix" in model.aux_heads and self.slices:
             aux = mix_aux_loss(model.aux_heads["mix"](mu), label.float(), dataset_id, self.slices)
             loss = loss + cfg.aux_weight * aux
@@ -225,11 +244,12 @@ def load_weight_maps(folder) -> dict | None:
 # --- the loop -----------------------------------------------------------------------------------
 def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainConfig, out_dir,
         *, resume: bool = False, device=None, meta: dict | None = None, card_fn=None,
-        log=print) -> dict:
+        teacher: nn.Module | None = None, log=print) -> dict:
     """Train ``model`` on ``train``, select on ``val``, checkpoint into ``out_dir`` every epoch.
 
     ``meta`` goes into config.json (data, splits, init...); ``card_fn(metrics) -> str`` writes
-    the model card. Returns the final metrics dict (as in metrics.json)."""
+    the model card; ``teacher``: a trained classifier to distil from (``TrainConfig.distill_*``).
+    Returns the final metrics dict (as in metrics.json)."""
     from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
     from pumamed.config import select_device, seed_everything
@@ -294,7 +314,9 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
             weights_before = torch.tensor(info["weights_before"])
         log(f"resuming after epoch {start_epoch} of {cfg.epochs}")
 
-    objective = TrainingObjective(model, cfg, train)
+    if teacher is not None:
+        teacher = teacher.to(device).eval().requires_grad_(False)
+    objective = TrainingObjective(model, cfg, train, teacher=teacher)
     runner: nn.Module = objective
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel

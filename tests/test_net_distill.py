@@ -1,0 +1,66 @@
+"""Distillation from a trained classifier (``train --teacher``): the loss, its checks, and the
+CLI end to end on real BreastMNIST images with a tiny ResNet-18 teacher."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from pumamed.cli import main
+from pumamed.net.losses import distillation_loss
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SIZE = 32
+TINY_CLI = ["--size", str(SIZE), "--widths", "8,16,32", "--latent", "8", "--quiet"]
+
+
+@pytest.mark.parametrize("task, outputs", [("multiclass", 3), ("binary", 1), ("multilabel", 4)])
+def test_the_loss_is_flat_where_the_student_agrees_with_the_teacher(task, outputs):
+    torch.manual_seed(0)
+    teacher = torch.randn(16, outputs)
+    same = teacher.clone().requires_grad_(True)
+    distillation_loss(same, teacher, task, temperature=2.0).backward()
+    assert same.grad.abs().max() < 1e-6
+    other = torch.randn(16, outputs, requires_grad=True)
+    distillation_loss(other, teacher, task, temperature=2.0).backward()
+    assert other.grad.abs().max() > 1e-3
+
+
+def test_multiclass_loss_is_the_tempered_kl_times_t_squared():
+    torch.manual_seed(1)
+    student, teacher, t = torch.randn(8, 3), torch.randn(8, 3), 3.0
+    p_teacher = F.softmax(teacher / t, dim=1)
+    by_hand = (p_teacher * (p_teacher.log() - F.log_softmax(student / t, dim=1))).sum(1).mean() * t * t
+    torch.testing.assert_close(distillation_loss(student, teacher, "multiclass", t), by_hand)
+
+
+def test_cli_distils_from_a_resnet_teacher_and_refuses_a_mismatched_one(imaging_root, tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    common = ["--dataset", "breastmnist", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "8",
+              "--no-test"]
+    assert main(["train", "--arch", "resnet18", "--size", str(SIZE), "--quiet", *common, "--out", str(teacher)]) == 0
+    student = tmp_path / "student"
+    assert main(["train", *TINY_CLI, *common, "--teacher", str(teacher), "--distill-weight", "0.7",
+                 "--out", str(student)]) == 0
+    capsys.readouterr()
+    config = json.loads((student / "config.json").read_text())
+    assert config["data"]["teacher"]["arch"] == "resnet18"
+    assert config["training"]["distill_weight"] == 0.7
+    history = json.loads((student / "metrics.json").read_text())["history"]
+    assert history[0]["distill"] >= 0 and "cls" in history[0]
+    assert "distilled from ResNet-18" in (student / "model_card.md").read_text()
+    # the student's checkpoint holds no teacher tensors
+    from pumamed.net import checkpoint as ckpt
+
+    assert not any(k.startswith(("_teacher", "layer", "fc.")) for k in ckpt.read_tensors(student / ckpt.WEIGHTS_FILE))
+
+    # a teacher for another image size, and a nonsense weight, are refused with one line
+    assert main(["train", "--size", "64", "--widths", "8,16,32", "--latent", "8", "--quiet", *common,
+                 "--teacher", str(teacher), "--out", str(tmp_path / "bad")]) == 2
+    assert "does not match this run" in capsys.readouterr().err
+    assert main(["train", *TINY_CLI, *common, "--teacher", str(teacher), "--distill-weight", "1.5",
+                 "--out", str(tmp_path / "bad2")]) == 2
