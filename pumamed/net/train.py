@@ -491,7 +491,7 @@ def _collect_metrics(history, best_epoch, best_val, previous) -> dict:
 
 def _epoch_summary(record: dict) -> str:
     parts = [f"epoch {record['epoch']}", f"loss {record.get('loss', float('nan')):.3f}"]
-    for key in ("recon", "kl", "cls", "aux"):
+    for key in ("recon", "kl", "cls", "distill", "aux"):
         if key in record:
             parts.append(f"{key} {record[key]:.3f}")
     if "kl_per_dim" in record:
