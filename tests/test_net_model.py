@@ -99,21 +99,28 @@ def test_config_round_trip_and_validation():
 def test_classification_path_is_a_fifth_of_resnet18():
     """The issue's budget: the classification path costs at most 1/5 of ResNet-18's parameters and
     FLOPs at the same image size (64 px, default widths, 4 classes)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from pumamed.net.baseline import ResNet18Classifier, ResNetConfig
+    from pumamed.net.metrics import count_flops
 
     ours = ClassificationPath(PumaMedNet(PumaMedNetConfig(image_size=64, num_classes=4, class_names=list("abcd"))))
     resnet = ResNet18Classifier(ResNetConfig(image_size=64, num_classes=4, class_names=list("abcd")))
     x = torch.rand(1, 1, 64, 64)
-
-    def flops(module):
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            module(x)
-        return counter.get_total_flops()
-
     assert count_parameters(ours) * 5 <= count_parameters(resnet)
-    assert flops(ours) * 5 <= flops(resnet)
+    assert count_flops(ours, x) * 5 <= count_flops(resnet, x)
+
+
+def test_flop_counts_include_self_attention():
+    """The 8x8 attention block's two matrix products (scores and weighted values: 2 x 64 tokens^2
+    x 64 channels multiply-adds) are counted, whichever attention kernel runs."""
+    from pumamed.net.metrics import count_flops
+
+    def encoder_flops(resolution):
+        model = PumaMedNet(PumaMedNetConfig(image_size=64, attention_resolution=resolution))
+        return count_flops(model.encode, torch.rand(1, 1, 64, 64))
+
+    products = 2 * 2 * 64 * 64 * 64  # FLOPs = 2 x multiply-adds
+    projections = 2 * (64 * 192 + 64 * 64) * 64
+    assert encoder_flops(8) - encoder_flops(0) >= products + projections
 
 
 def test_configs_saved_before_the_lean_decoder_keep_their_architecture():
@@ -147,14 +154,12 @@ def test_weight_net_resolution_keeps_parameters_and_output_size(factor):
 def test_lean_decoder_costs_a_fraction_of_the_first_release():
     """The training-throughput work (issue 11): at 64 px with the default widths the transposed
     decoder plus the quarter-resolution weight net cost under 30 % of the first release's."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from pumamed.net.metrics import count_flops
 
     def generative_flops(**kw):
         model = PumaMedNet(PumaMedNetConfig(image_size=64, **kw))
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model.decode(torch.zeros(1, 32))
-            model.weight_logits(torch.zeros(1, 1, 64, 64))
-        return counter.get_total_flops()
+        return (count_flops(model.decode, torch.zeros(1, 32))
+                + count_flops(model.weight_logits, torch.zeros(1, 1, 64, 64)))
 
     lean = generative_flops()
     first = generative_flops(decoder="upsample", weight_net_downsample=2)

@@ -102,18 +102,26 @@ def classification_path(model) -> torch.nn.Module:
     return model
 
 
+def count_flops(fn, *inputs) -> int:
+    """FLOPs of ``fn(*inputs)`` by ``torch.utils.flop_counter``, without gradients. Attention runs
+    on the unfused path while counting: the fused CPU kernel has no FLOP formula there and would
+    count as zero, while the unfused one does the same arithmetic as counted matrix products."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn(*inputs)
+    return int(counter.get_total_flops())
+
+
 def model_cost(model, image_size: int, latency_repeats: int = 30) -> dict:
     """Parameters, FLOPs (torch.utils.flop_counter, one image) and median CPU latency per image
     (batch of one, current torch thread count) of the classification path."""
     import copy
 
-    from torch.utils.flop_counter import FlopCounterMode
-
     path = copy.deepcopy(classification_path(model)).to("cpu").float().eval()
     x = torch.rand(1, 1, image_size, image_size)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        path(x)
-    flops = int(counter.get_total_flops())
+    flops = count_flops(path, x)
     times = []
     with torch.no_grad():
         for _ in range(5):
