@@ -64,3 +64,36 @@ def test_cli_distils_from_a_resnet_teacher_and_refuses_a_mismatched_one(imaging_
     assert "does not match this run" in capsys.readouterr().err
     assert main(["train", *TINY_CLI, *common, "--teacher", str(teacher), "--distill-weight", "1.5",
                  "--out", str(tmp_path / "bad2")]) == 2
+
+
+def test_an_ensemble_teacher_is_the_mean_of_its_members_logits():
+    from pumamed.net.pipeline import TeacherEnsemble
+
+    torch.manual_seed(2)
+    members = [torch.nn.Linear(5, 3) for _ in range(3)]
+    x = torch.randn(4, 5)
+    ensemble = TeacherEnsemble(members)
+    torch.testing.assert_close(ensemble(x), sum(m(x) for m in members) / 3)
+    # one member's output alone is not the ensemble's (the test would pass if only one were read)
+    assert not torch.allclose(ensemble(x), members[0](x))
+
+
+def test_cli_distils_from_an_ensemble_of_teachers(imaging_root, tmp_path, capsys):
+    common = ["--dataset", "breastmnist", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "8",
+              "--no-test"]
+    teachers = []
+    for seed in (0, 1):
+        folder = tmp_path / f"teacher{seed}"
+        assert main(["train", "--arch", "resnet18", "--size", str(SIZE), "--quiet", "--seed", str(seed), *common,
+                     "--out", str(folder)]) == 0
+        teachers.append(str(folder))
+    student = tmp_path / "student"
+    assert main(["train", *TINY_CLI, *common, "--teacher", ",".join(teachers), "--out", str(student)]) == 0
+    capsys.readouterr()
+    teacher = json.loads((student / "config.json").read_text())["data"]["teacher"]
+    assert teacher["paths"] == teachers and len(teacher["members"]) == 2 and teacher["arch"] == "resnet18"
+    assert "an ensemble of 2 ResNet-18 runs" in (student / "model_card.md").read_text()
+    # naming one teacher twice is refused with one line
+    assert main(["train", *TINY_CLI, *common, "--teacher", f"{teachers[0]},{teachers[0]}",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "same folder twice" in capsys.readouterr().err

@@ -51,7 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap on steps per epoch (quick runs)")
     p.add_argument("--init", help="checkpoint folder of a pretrained PumaMedNet to transfer from")
     p.add_argument("--teacher", help="checkpoint folder of a trained classifier (e.g. the ResNet-18 baseline, same "
-                                     "classes and size) whose soft labels the classifier head also learns from")
+                                     "classes and size) whose soft labels the classifier head also learns from; "
+                                     "several folders, comma-separated, teach as one ensemble (mean logits)")
     p.add_argument("--distill-weight", type=float, default=0.5,
                    help="with --teacher: share of the classification loss given to the teacher's soft labels")
     p.add_argument("--distill-temperature", type=float, default=2.0, help="with --teacher: softening temperature")
@@ -91,12 +92,13 @@ def run_train(args) -> int:
         num_workers=workers,
         channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, max_steps_per_epoch=args.max_steps_per_epoch,
         keep_resume_state=args.keep_state, progress=not args.quiet)
+    teachers = tuple(Path(f.strip()) for f in (args.teacher or "").split(",") if f.strip())
     out = Path(args.out) if args.out else Path("runs") / f"{'+'.join(names)}_{args.arch}"
     spec = RunSpec(datasets=names, out=out, arch=args.arch, size=args.size, latent=args.latent or 32, widths=widths,
                    weight_map=args.weight_map or "learned",
                    architecture_given=tuple(name for name in ("latent", "widths", "weight_map")
                                             if getattr(args, name) is not None), decoder=args.decoder, classifier_hidden=args.classifier_hidden,
-                   init=Path(args.init) if args.init else None, teacher=Path(args.teacher) if args.teacher else None,
+                   init=Path(args.init) if args.init else None, teacher=teachers,
                    resume=args.resume, data_dir=args.data_dir,
                    report_test=not args.no_test, train=train_cfg)
     metrics = run(spec)

@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from pumamed.errors import CheckpointError, InputError
 from pumamed.net import checkpoint as ckpt
@@ -37,7 +39,7 @@ class RunSpec:
     attention_resolution: int = 8
     classifier_hidden: int = 0
     init: Path | None = None
-    teacher: Path | None = None  # a trained classifier (e.g. the ResNet-18 baseline) to distil from
+    teacher: tuple[Path, ...] = ()  # trained classifiers (e.g. ResNet-18 baselines) to distil from, as one ensemble
     resume: bool = False
     data_dir: str | None = None
     report_test: bool = True
@@ -123,12 +125,22 @@ def _probe_proba(clf, x, task):
     return np.asarray(proba)
 
 
-def load_teacher(folder: Path, train: ArrayData, size: int):
-    """A trained classifier checkpoint (safetensors, never a pickle) for distillation, checked
-    against the run: same classes in the same order, same task and image size.
-    Returns (model, a description for config.json and the model card)."""
-    if train.task not in ("binary", "multiclass", "multilabel"):
-        raise InputError("--teacher distils a classifier: train on one labelled dataset, not on a mix")
+class TeacherEnsemble(nn.Module):
+    """Several trained classifiers read as one teacher: the mean of their logits, which for
+    softmax and sigmoid outputs is the normalised geometric mean of their probabilities.
+    Averaging is why an ensemble is a better teacher than any member: its soft labels carry
+    less of each run's seed noise."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = [m.classify(images) if hasattr(m, "classify") else m(images) for m in self.members]
+        return torch.stack(logits).mean(0)
+
+
+def _load_one_teacher(folder: Path, train: ArrayData, size: int):
     loaded = ckpt.load_model(folder, device="cpu")
     model_cfg = loaded.config.get("model", {})
     has_head = loaded.arch == "resnet18" or getattr(loaded.model, "classifier", None) is not None
@@ -145,8 +157,6 @@ def load_teacher(folder: Path, train: ArrayData, size: int):
         raise InputError(f"the --teacher model in {folder} does not match this run: " + "; ".join(problems))
     val_auc = None
     try:
-        import json
-
         metrics = json.loads((Path(folder) / ckpt.METRICS_FILE).read_text(encoding="utf-8"))
         val_auc = ((metrics.get("val") or {}).get("auc") or {}).get("macro")
     except (OSError, ValueError):
@@ -154,6 +164,31 @@ def load_teacher(folder: Path, train: ArrayData, size: int):
     name = "ResNet-18" if loaded.arch == "resnet18" else "PumaMedNet"
     description = f"{name} from {Path(folder).name}" + (f" (val macro AUC {val_auc:.4f})" if val_auc else "")
     return loaded.model, {"path": str(folder), "arch": loaded.arch, "val_auc": val_auc, "description": description}
+
+
+def load_teacher(folders, train: ArrayData, size: int):
+    """Trained classifier checkpoints (safetensors, never a pickle) for distillation, each checked
+    against the run: same classes in the same order, same task and image size. Several folders
+    make one ensemble teacher (mean logits). Returns (model, a description for config.json and
+    the model card)."""
+    if train.task not in ("binary", "multiclass", "multilabel"):
+        raise InputError("--teacher distils a classifier: train on one labelled dataset, not on a mix")
+    folders = [Path(f) for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
+    if len(set(folders)) != len(folders):
+        raise InputError("--teacher names the same folder twice")
+    loaded = [_load_one_teacher(folder, train, size) for folder in folders]
+    if len(loaded) == 1:
+        return loaded[0]
+    members = [info for _, info in loaded]
+    archs = sorted({info["arch"] for info in members})
+    names = " + ".join("ResNet-18" if a == "resnet18" else "PumaMedNet" for a in archs)
+    aucs = [info["val_auc"] for info in members if info["val_auc"] is not None]
+    description = (f"an ensemble of {len(members)} {names} runs ({', '.join(Path(f).name for f in folders)}; "
+                   f"mean logits" + (f"; members' val macro AUC {min(aucs):.4f}-{max(aucs):.4f}" if aucs else "")
+                   + ")")
+    return TeacherEnsemble([model for model, _ in loaded]), {
+        "paths": [str(f) for f in folders], "arch": archs[0] if len(archs) == 1 else "+".join(archs),
+        "members": members, "description": description}
 
 
 def build_model(spec: RunSpec, train: ArrayData):
@@ -246,7 +281,7 @@ def run(spec: RunSpec, log=print) -> dict:
             log(f"(a) frozen encoder + logistic regression: val macro AUC {auc:.4f}")
 
     teacher = None
-    if spec.teacher is not None:
+    if spec.teacher:
         teacher, meta["data"]["teacher"] = load_teacher(spec.teacher, train, spec.size)
         log(f"distilling from {meta['data']['teacher']['description']} (weight {spec.train.distill_weight}, "
             f"temperature {spec.train.distill_temperature})")
@@ -264,8 +299,6 @@ def run(spec: RunSpec, log=print) -> dict:
     loaded = ckpt.load_model(spec.out, device=device)
     final = dict(metrics)
     if spec.resume and (spec.out / ckpt.METRICS_FILE).is_file():
-        import json
-
         previous = json.loads((spec.out / ckpt.METRICS_FILE).read_text())
         transfer = transfer or previous.get("transfer", {})
     if test is not None and train.task in ("binary", "multiclass", "multilabel"):
