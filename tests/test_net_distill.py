@@ -58,6 +58,18 @@ def test_cli_distils_from_a_resnet_teacher_and_refuses_a_mismatched_one(imaging_
 
     assert not any(k.startswith(("_teacher", "layer", "fc.")) for k in ckpt.read_tensors(student / ckpt.WEIGHTS_FILE))
 
+    # the comparison table from one command: both models on the same test images, paired bootstrap
+    assert main(["evaluate", "--model", str(student), "--dataset", "breastmnist", "--against", str(teacher),
+                 "--bootstrap", "200", "--latency-repeats", "2", "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    other, diff = result["against"], result["difference"]
+    assert other["arch"] == "resnet18" and other["parameters"] > 10 * result["parameters"]
+    assert diff["macro_auc"] == pytest.approx(result["auc"]["macro"] - other["auc"]["macro"])
+    assert diff["ci95"][0] <= diff["macro_auc"] <= diff["ci95"][1] and diff["n_boot"] == 200
+    assert main(["evaluate", "--model", str(student), "--dataset", "breastmnist", "--against", str(teacher),
+                 "--bootstrap", "10"]) == 2
+    assert "at least 100" in capsys.readouterr().err
+
     # a teacher for another image size, and a nonsense weight, are refused with one line
     assert main(["train", "--size", "64", "--widths", "8,16,32", "--latent", "8", "--quiet", *common,
                  "--teacher", str(teacher), "--out", str(tmp_path / "bad")]) == 2

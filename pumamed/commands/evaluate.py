@@ -14,6 +14,11 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--latency-repeats", type=int, default=30, help="timed single-image runs for the CPU latency")
     p.add_argument("--threads", type=int, help="torch CPU threads for the latency measurement (default: torch's)")
+    p.add_argument("--against", help="a second checkpoint (e.g. the ResNet-18 baseline) to compare with on the "
+                                     "same images: adds its figures and the macro-AUC difference with a paired "
+                                     "bootstrap 95 %% interval")
+    p.add_argument("--bootstrap", type=int, default=2000, help="with --against: bootstrap replicates")
+    p.add_argument("--seed", type=int, default=0, help="with --against: bootstrap seed")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_evaluate)
 
@@ -33,7 +38,8 @@ def run_evaluate(args) -> int:
 
     result = evaluate_checkpoint(args.model, args.dataset, split=args.split, data_dir=args.data_dir,
                                  device=args.device, batch_size=args.batch_size,
-                                 latency_repeats=args.latency_repeats)
+                                 latency_repeats=args.latency_repeats, against=args.against,
+                                 bootstrap=args.bootstrap, seed=args.seed)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -48,4 +54,12 @@ def run_evaluate(args) -> int:
         print(f"  reconstruction MSE {result['reconstruction_error']:.5f}")
     print(f"  {result['cost_of']}: {result['parameters']:,} parameters, {result['flops'] / 1e6:.1f} MFLOPs, "
           f"{result['cpu_latency_ms']:.2f} ms per image on CPU ({result['cpu_threads']} threads)")
+    other, diff = result.get("against"), result.get("difference")
+    if other:
+        print(f"against {other['model']} ({other['arch']}): macro AUC {other['auc']['macro']:.4f}, "
+              f"{other['parameters']:,} parameters, {other['flops'] / 1e6:.1f} MFLOPs, "
+              f"{other['cpu_latency_ms']:.2f} ms per image")
+        low, high = diff["ci95"]
+        print(f"  difference in macro AUC {diff['macro_auc']:+.4f} (95 % CI {low:+.4f} to {high:+.4f}; "
+              f"{diff['n_boot']} paired bootstrap replicates)")
     return 0
