@@ -41,6 +41,8 @@ def evaluate_checkpoint(model_dir, dataset: str, split: str = "test", data_dir=N
     from pumamed.config import select_device
     from pumamed.net.metrics import classification_metrics, model_cost, paired_auc_bootstrap
 
+    if against is not None and bootstrap < 100:  # checked before any model is run
+        raise InputError("--bootstrap needs at least 100 replicates for a 95 % interval")
     device = select_device(device)
 
     def figures(model_dir):
@@ -63,8 +65,6 @@ def evaluate_checkpoint(model_dir, dataset: str, split: str = "test", data_dir=N
     result, data, proba = figures(model_dir)
     if against is None:
         return result
-    if bootstrap < 100:
-        raise InputError("--bootstrap needs at least 100 replicates for a 95 % interval")
     if proba is None:
         raise InputError(f"the model in {model_dir} has no classifier head to compare")
     other, other_data, other_proba = figures(against)

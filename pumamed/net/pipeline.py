@@ -126,10 +126,10 @@ def _probe_proba(clf, x, task):
 
 
 class TeacherEnsemble(nn.Module):
-    """Several trained classifiers read as one teacher: the mean of their logits, which for
-    softmax and sigmoid outputs is the normalised geometric mean of their probabilities.
-    Averaging is why an ensemble is a better teacher than any member: its soft labels carry
-    less of each run's seed noise."""
+    """Several trained classifiers read as one teacher: the mean of their logits (for softmax
+    outputs the normalised geometric mean of the members' probabilities, for sigmoid outputs the
+    geometric mean of their odds). The averaged soft labels carry less of any one run's seed
+    noise; whether that makes a better student is an empirical question (docs/pumamed_net.md)."""
 
     def __init__(self, members: list[nn.Module]):
         super().__init__()
