@@ -183,11 +183,13 @@ def test_cli_pretrain_transfer_evaluate(imaging_root, tmp_path, capsys):
     assert main(["evaluate", "--model", str(fine), "--dataset", "pneumoniamnist", "--json"]) == 2
     assert "pneumoniamnist has classes" in capsys.readouterr().err
     # Another image size: the filters transfer, only the size-dependent latent projections start fresh.
+    # The latent size is free there too, as its projections start fresh (the pretraining's is 8).
     assert main(["train", "--dataset", "breastmnist", "--init", str(pre), "--size", "64", "--widths", "8,16,32",
-                 "--latent", "8", "--quiet", *steps, "--out", str(tmp_path / "at64")]) == 0
+                 "--latent", "16", "--quiet", *steps, "--out", str(tmp_path / "at64")]) == 0
     assert "trained at 32 px, this run is at 64 px" in capsys.readouterr().out
     at64 = ckpt.load_model(tmp_path / "at64", device="cpu")
     assert at64.config["data"]["init_size"] == 32 and at64.model.config.image_size == 64
+    assert at64.model.config.latent_dim == 16
     assert at64.model.config.attention_resolution == 16  # the same stage as 8 px wide at 32 px
     # --init fixes the architecture: options that contradict it are refused, not silently replaced.
     capsys.readouterr()

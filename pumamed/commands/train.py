@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", help="data directory (default: $PUMAMED_DATA_DIR or ./data)")
     p.add_argument("--arch", choices=["pumamednet", "resnet18"], default="pumamednet")
     p.add_argument("--size", type=int, default=64, help="image size in pixels (64, 128, 256)")
-    p.add_argument("--latent", type=int, default=None, help="latent dimensions (default 32; with --init: the pretrained model's)")
+    p.add_argument("--latent", type=int, default=None, help="latent dimensions (default 32; with --init: the pretrained model's, unless the image size differs, where the latent projections start fresh)")
     p.add_argument("--widths", default=None,
                    help="encoder widths, one per halving of the image (default 16,32,64,128; with --init: the "
                         "pretrained model's)")
@@ -56,6 +56,9 @@ def register(subparsers) -> None:
     p.add_argument("--distill-weight", type=float, default=0.5,
                    help="with --teacher: share of the classification loss given to the teacher's soft labels")
     p.add_argument("--distill-temperature", type=float, default=2.0, help="with --teacher: softening temperature")
+    p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="validate and save an exponential moving average of the weights, with this decay per "
+                        "step (e.g. 0.99; default 0: the weights as trained)")
     p.add_argument("--out", help="output checkpoint folder (default: runs/<datasets>_<arch>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--keep-state", action="store_true", help="keep the resume state after the run finishes")
@@ -83,12 +86,14 @@ def run_train(args) -> int:
         raise InputError("--epochs must be at least 1")
     if not 0.0 <= args.distill_weight <= 1.0 or args.distill_temperature <= 0:
         raise InputError("--distill-weight must be in [0, 1] and --distill-temperature positive")
+    if not (args.ema == 0.0 or 0.0 < args.ema < 1.0):
+        raise InputError(f"--ema must be 0 (off) or a decay between 0 and 1, e.g. 0.99; got {args.ema}")
     workers = args.workers if args.workers is not None else (8 if torch.cuda.is_available() else 0)
     train_cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, beta=args.beta,
         kl_warmup=args.kl_warmup, capacity=args.capacity, aux_weight=args.aux_weight, cls_weight=args.cls_weight,
         augment=not args.no_augment, denoise=not args.no_denoise, augment_on=args.augment_on, seed=args.seed,
-        distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
+        distill_weight=args.distill_weight, distill_temperature=args.distill_temperature, ema=args.ema,
         num_workers=workers,
         channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, max_steps_per_epoch=args.max_steps_per_epoch,
         keep_resume_state=args.keep_state, progress=not args.quiet)

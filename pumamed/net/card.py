@@ -71,6 +71,9 @@ def make_card(config: dict, metrics: dict) -> str:
                  f"epoch {training.get('best_epoch')}), batch {training.get('batch_size')} x {training.get('world_size', 1)} "
                  f"process(es), AdamW lr {training.get('lr')}, beta {training.get('beta')} "
                  f"(warm-up {training.get('kl_warmup')}), capacity {training.get('capacity')}, seed {training.get('seed')}")
+    if training.get("ema"):
+        lines.append(f"- the weights are an exponential moving average of the trained ones (decay "
+                     f"{training['ema']} per step, warmed up), validated and saved in their place")
     lines.append(f"- device: {training.get('device')}; training time {metrics.get('train_seconds')} s")
     where = {"device": " (drawn per batch on the training device)",
              "loader": " (torchvision v2, per image)"}.get(training.get("augmented_on"), "")

@@ -337,12 +337,15 @@ def _restore_optimizer(optimizer, tensors: dict[str, torch.Tensor], payload: dic
 
 
 def save_resume_state(folder, model: torch.nn.Module, optimizer: torch.optim.Optimizer, info: dict,
-                      scheduler=None, scaler=None) -> None:
+                      scheduler=None, scaler=None, averaged: torch.nn.Module | None = None) -> None:
     """Weights, optimizer moments and ``info`` (epoch, history...) in one safetensors file, written
-    atomically: the previous epoch's state stays whole until this one replaces it in one step."""
+    atomically: the previous epoch's state stays whole until this one replaces it in one step.
+    ``averaged``: the running average of the weights (``--ema``), saved beside them."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v for k, v in _unwrap(model).state_dict().items()}
+    if averaged is not None:
+        tensors.update({f"averaged.{k}": v for k, v in averaged.state_dict().items()})
     optimizer_tensors, payload = _optimizer_payload(optimizer, info, scheduler, scaler)
     tensors.update(optimizer_tensors)
     atomic_save_tensors(folder / RESUME_FILE, tensors,
@@ -374,17 +377,29 @@ def read_resume_state(folder) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def load_resume_state(folder, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler=None,
-                      scaler=None) -> dict:
-    """Restore weights and optimizer from a resume folder (either layout); returns ``info``."""
+                      scaler=None, averaged: torch.nn.Module | None = None) -> dict:
+    """Restore weights and optimizer from a resume folder (either layout); returns ``info``.
+
+    ``averaged`` (``--ema``) is restored too; a state saved without one cannot resume with one
+    (the average would silently restart), and the reverse is refused as well."""
     folder = Path(folder)
     if not (folder / RESUME_FILE).is_file():
         if not has_resume_state(folder):
             raise CheckpointError(f"cannot resume: {folder} holds no saved training state")
+        if averaged is not None:
+            raise CheckpointError(f"cannot resume: {folder} was saved without a weight average (--ema)")
         load_state_strict(model, read_tensors(folder / WEIGHTS_FILE), str(folder))
         return load_training_state(folder, optimizer, scheduler=scheduler, scaler=scaler)
     tensors, payload = read_resume_state(folder)
     model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     load_state_strict(_unwrap(model), model_state, str(folder))
+    averaged_state = {k[len("averaged."):]: v for k, v in tensors.items() if k.startswith("averaged.")}
+    if (averaged is None) != (not averaged_state):
+        saved = "with" if averaged_state else "without"
+        raise CheckpointError(f"cannot resume: {folder} was saved {saved} a weight average (--ema); "
+                              f"resume with the same --ema as the interrupted run")
+    if averaged is not None:
+        load_state_strict(averaged, averaged_state, str(folder))
     return _restore_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optimizer.")},
                               payload, folder, scheduler, scaler)
 

@@ -250,6 +250,9 @@ def run(spec: RunSpec, log=print) -> dict:
         pretrained = {"latent": int(init_model_cfg.get("latent_dim", spec.latent)),
                       "widths": tuple(init_model_cfg.get("widths", spec.widths)),
                       "weight_map": init_model_cfg.get("weight_map", spec.weight_map)}
+        if init_size != spec.size and "latent" in spec.architecture_given:
+            # the latent projections start fresh at a new size anyway, so --latent is free there
+            pretrained["latent"] = spec.latent
         conflicts = [f"--{name.replace('_', '-')} {_option_text(getattr(spec, name))} (pretrained: "
                      f"{_option_text(value)})" for name, value in pretrained.items()
                      if name in spec.architecture_given and getattr(spec, name) != value]

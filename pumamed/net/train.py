@@ -6,6 +6,8 @@
 * a checkpoint every epoch, atomically: the best model so far (selected on the validation split)
   in ``out/``, the last state (weights + optimizer moments + history) in one file,
   ``out/resume/resume_state.safetensors``;
+* optionally (``ema`` > 0) an exponential moving average of the weights, which is what is
+  validated and saved (:class:`WeightAverage`);
 * the step itself in :mod:`pumamed.net.step`: statistics summed on the device, and on one CUDA
   device the whole step replayed from a CUDA graph;
 * mixed precision on CUDA (``pumamed.config.autocast``; a GradScaler when that means fp16),
@@ -14,6 +16,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -71,6 +74,9 @@ class TrainConfig:
     channels_last: bool = False
     cuda_graphs: bool = True  # replay each step from a CUDA graph where supported (pumamed.net.step)
     max_steps_per_epoch: int = 0  # 0: the whole training set each epoch
+    # > 0: validate and save an exponential moving average of the weights with this decay per step
+    # (0.99-0.999); on a few hundred images the epoch-to-epoch noise of the raw weights is large
+    ema: float = 0.0
     keep_resume_state: bool = False  # keep out/resume after a finished run
     progress: bool = True
 
@@ -108,6 +114,45 @@ def _barrier():
 
     if dist.is_initialized():
         dist.barrier()
+
+
+# --- weight average -----------------------------------------------------------------------------
+class WeightAverage(nn.Module):
+    """Exponential moving average of a model's weights (parameters and floating-point buffers,
+    such as batch-norm statistics), updated after every optimizer step.
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so the average is not
+    dominated by the initial weights in a short fine-tuning run. Not
+    ``torch.optim.swa_utils.AveragedModel``: that one reads its update counter from the device
+    every step, a synchronisation that would stall a CUDA-graph training loop."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__()
+        if not 0.0 < decay < 1.0:
+            raise InputError(f"the weight-average decay must be in (0, 1), got {decay}")
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.updates = 0  # Python-side, so no step waits for the device
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        weight = 1.0 - self.current_decay()
+        averaged, current, exact = [], [], []
+        for mine, theirs in zip([*self.module.parameters(), *self.module.buffers()],
+                                [*model.parameters(), *model.buffers()], strict=True):
+            if mine.is_floating_point():
+                averaged.append(mine)
+                current.append(theirs.detach())
+            else:
+                exact.append((mine, theirs))  # counters such as num_batches_tracked
+        if averaged:
+            torch._foreach_lerp_(averaged, current, weight)
+        for mine, theirs in exact:
+            mine.copy_(theirs)
+        self.updates += 1
 
 
 # --- objective ----------------------------------------------------------------------------------
@@ -282,6 +327,8 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
     if cfg.cuda_graphs and not use_graphs and device.type == "cuda" and rank == 0:
         log("CUDA graphs need a single process with bf16 or fp32 (not DDP, not fp16): training eagerly")
     optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, device, capturable=use_graphs)
+    averaged = WeightAverage(model, cfg.ema) if cfg.ema else None
+    evaluated = averaged.module if averaged is not None else model  # what is validated and saved
 
     corrupt = cfg.denoise and hasattr(model, "decode")
     dataset = DenoisingDataset(train, augment=cfg.augment, denoise=corrupt)
@@ -304,7 +351,10 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
     if resume:
         if not ckpt.has_resume_state(resume_dir):
             raise CheckpointError(f"cannot resume: {resume_dir} holds no saved training state")
-        info = ckpt.load_resume_state(resume_dir, model, optimizer, scaler=scaler)
+        info = ckpt.load_resume_state(resume_dir, model, optimizer, scaler=scaler,
+                                      averaged=averaged.module if averaged is not None else None)
+        if averaged is not None:
+            averaged.updates = int(info.get("averaged_updates", 0))
         if use_graphs:
             make_capturable(optimizer, device)
         start_epoch, global_step = int(info["epoch"]) + 1, int(info["global_step"])
@@ -371,6 +421,8 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
             set_learning_rate(optimizer, lr)
             beta_t, c_t = kl_schedule(global_step, total_steps, cfg.beta, cfg.kl_warmup, cfg.capacity)
             train_step(source, target, label, did, beta_t, c_t)
+            if averaged is not None:
+                averaged.update(model)
             global_step += 1
             n_batches += 1
             n_images += len(source) * world
@@ -390,7 +442,7 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
         if kl_dims_mean is not None:
             record["kl_per_dim"] = kl_dims_mean
         if main:
-            val_metrics = validate(model, val, device, cfg.beta)
+            val_metrics = validate(evaluated, val, device, cfg.beta)
             record["val"] = val_metrics
             history.append(record)
             improved = val_metrics.get("score", -math.inf) > best_score or best_epoch < 0
@@ -400,7 +452,6 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
             log(summary + (" *" if improved else ""))
             final_metrics = _collect_metrics(history, best_epoch, val_metrics if improved else None,
                                              final_metrics)
-            raw = model
             kl_dims = record.get("kl_per_dim")
             config = {**(meta or {}), "training": {**cfg.to_dict(), "epochs_done": epoch + 1, "best_epoch": best_epoch,
                                                    "world_size": world, "device": _device_label(device),
@@ -409,17 +460,18 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
                 config["kl_per_dim"] = kl_dims
             if improved:
                 card = card_fn(final_metrics, config) if card_fn else ""
-                ckpt.save_checkpoint(out_dir, raw, config, final_metrics, card)
-                weights_now = weight_map_snapshot(model, reference, device)
+                ckpt.save_checkpoint(out_dir, evaluated, config, final_metrics, card)
+                weights_now = weight_map_snapshot(evaluated, reference, device)
                 save_weight_maps(out_dir, reference, weights_before, weights_now, before_label,
                                  f"epoch {epoch + 1}")
             else:
                 # keep metrics.json in step with the history even when the weights stay
                 ckpt.atomic_write_json(out_dir / ckpt.METRICS_FILE, final_metrics)
-            ckpt.save_resume_state(resume_dir, raw, optimizer, {
+            ckpt.save_resume_state(resume_dir, model, optimizer, {
                 "epoch": epoch, "global_step": global_step, "best_score": best_score, "best_epoch": best_epoch,
                 "history": history, "weights_before": weights_before.tolist() if weights_before.numel() else None,
-            }, scaler=scaler)
+                "averaged_updates": averaged.updates if averaged is not None else None,
+            }, scaler=scaler, averaged=averaged.module if averaged is not None else None)
         _barrier()
     if main and not cfg.keep_resume_state and resume_dir.exists() and len(history) >= cfg.epochs:
         shutil.rmtree(resume_dir, ignore_errors=True)
