@@ -62,3 +62,25 @@ def imaging_root(data_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def epi_root(data_root: Path) -> Path:
     return _require(data_root / "epi", "epidemiological data")
+
+
+def interrupted_fit(monkeypatch, fit_once) -> None:
+    """Run ``fit_once()`` killed (KeyboardInterrupt) during its second epoch, after that epoch's
+    training steps and before its checkpoint, then restore the training loop."""
+    import pumamed.net.train as train_module
+
+    real_validate = train_module.validate
+    calls = {"n": 0}
+
+    def validate_then_crash(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "validate", validate_then_crash)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit_once()
+    finally:
+        monkeypatch.setattr(train_module, "validate", real_validate)

@@ -6,28 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import TINY_PUMAMEDNET
+from tests.conftest import interrupted_fit
+from tests.test_net_train import SIZE, real_images, tiny_model  # noqa: F401  (real_images: a fixture)
 from pumamed.cli import main
 from pumamed.errors import CheckpointError, InputError
-from pumamed.net import PumaMedNet, PumaMedNetConfig
 from pumamed.net import checkpoint as ckpt
-from pumamed.net.data import ArrayData, load_arrays
 from pumamed.net.train import RESUME_DIR, TrainConfig, WeightAverage, fit
 
-SIZE = 32
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def real_images(imaging_root) -> ArrayData:
-    return load_arrays(["breastmnist"], "train", SIZE).subset(32, seed=0)
-
-
-def tiny_model(data: ArrayData, seed: int = 0) -> PumaMedNet:
-    torch.manual_seed(seed)
-    return PumaMedNet(PumaMedNetConfig(**{**TINY_PUMAMEDNET, "image_size": SIZE}, num_classes=len(data.class_names),
-                                       task=data.task, class_names=list(data.class_names)))
 
 
 def test_the_average_follows_the_warmed_up_decay():
@@ -85,21 +71,8 @@ def test_resume_with_an_average_is_exact_and_must_match(real_images, tmp_path, m
     quiet = dict(device="cpu", log=lambda *_: None)
     fit(tiny_model(real_images), real_images, real_images, cfg, tmp_path / "straight", **quiet)
 
-    import pumamed.net.train as train_module
-
-    real_validate = train_module.validate
-    calls = {"n": 0}
-
-    def validate_then_crash(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_validate(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "validate", validate_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        fit(tiny_model(real_images), real_images, real_images, cfg, tmp_path / "resumed", **quiet)
-    monkeypatch.setattr(train_module, "validate", real_validate)
+    interrupted_fit(monkeypatch, lambda: fit(tiny_model(real_images), real_images, real_images, cfg,
+                                             tmp_path / "resumed", **quiet))
 
     # the same run without its average cannot resume it (nor the reverse): the average would restart
     without = TrainConfig(**{**cfg.to_dict(), "ema": 0.0})

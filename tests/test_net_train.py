@@ -9,7 +9,7 @@ import socket
 import pytest
 import torch
 
-from tests.conftest import TINY_PUMAMEDNET
+from tests.conftest import TINY_PUMAMEDNET, interrupted_fit
 from pumamed.cli import main
 from pumamed.net import PumaMedNet, PumaMedNetConfig
 from pumamed.net import checkpoint as ckpt
@@ -65,21 +65,8 @@ def test_resume_is_exact(real_images, tmp_path, monkeypatch, augment_on):
     quiet = dict(device="cpu", log=lambda *_: None)
     fit(tiny_model(real_images), real_images, real_images, cfg, tmp_path / "straight", **quiet)
 
-    import pumamed.net.train as train_module
-
-    real_validate = train_module.validate
-    calls = {"n": 0}
-
-    def validate_then_crash(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # killed during the second epoch, after its training steps
-        return real_validate(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "validate", validate_then_crash)
-    with pytest.raises(KeyboardInterrupt):
-        fit(tiny_model(real_images), real_images, real_images, cfg, tmp_path / "resumed", **quiet)
-    monkeypatch.setattr(train_module, "validate", real_validate)
+    interrupted_fit(monkeypatch, lambda: fit(tiny_model(real_images), real_images, real_images, cfg,
+                                             tmp_path / "resumed", **quiet))
     _, state = ckpt.read_resume_state(tmp_path / "resumed" / RESUME_DIR)
     assert state["info"]["epoch"] == 0  # only epoch 1 was saved
     fit(tiny_model(real_images, seed=123), real_images, real_images, cfg, tmp_path / "resumed", resume=True, **quiet)
