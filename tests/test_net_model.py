@@ -164,3 +164,27 @@ def test_lean_decoder_costs_a_fraction_of_the_first_release():
     lean = generative_flops()
     first = generative_flops(decoder="upsample", weight_net_downsample=2)
     assert lean < 0.3 * first, (lean, first)
+
+
+@pytest.mark.parametrize("c_in,c_out,batch,size", [(16, 1, 5, 8), (8, 3, 1, 5), (4, 2, 2, 6)])
+def test_cpu_subpixel_upsample_matches_the_transposed_convolution(c_in, c_out, batch, size):
+    """The decoder's last layer runs on the CPU as a sub-pixel 3x3 convolution on channels_last
+    input; outputs and gradients must be those of the 4x4 stride-2 transposed convolution whose
+    parameters (and checkpoints) it shares."""
+    from torch.nn import functional as F
+
+    from pumamed.net.model import UpsampleToImage
+
+    torch.manual_seed(0)
+    layer = UpsampleToImage(c_in, c_out)
+    x = torch.randn(batch, c_in, size, size, requires_grad=True)
+    fast = layer(x)
+    reference = F.conv_transpose2d(x, layer.weight, layer.bias, stride=2, padding=1)
+    assert fast.shape == reference.shape == (batch, c_out, 2 * size, 2 * size)
+    assert fast.is_contiguous()
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(reference)
+    grads_fast = torch.autograd.grad(fast, (x, layer.weight, layer.bias), upstream)
+    grads_reference = torch.autograd.grad(reference, (x, layer.weight, layer.bias), upstream)
+    for got, want in zip(grads_fast, grads_reference):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
