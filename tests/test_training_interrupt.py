@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 EPOCHS = 3
 TRAIN_ARGS = ["train", "--dataset", "breastmnist", "--size", "32", "--widths", "8,16", "--latent", "8",
-              "--epochs", str(EPOCHS), "--batch-size", "16", "--max-steps-per-epoch", "4", "--quiet", "--no-test",
+              "--epochs", str(EPOCHS), "--batch-size", "16", "--quiet", "--no-test",
               "--seed", "3"]
 
 
@@ -71,9 +71,15 @@ def _interrupt_and_resume(straight, killed, straight_out: Path, killed_out: Path
             killed_out.with_suffix(".log").read_text()[-2000:]
         assert time.time() < deadline, "no checkpoint within 150 s"
         time.sleep(0.05)
-    time.sleep(0.4)  # into the next epoch
+    # Freeze it at once, so a fast machine cannot finish the run (and delete its resume state)
+    # between our look and the kill; then let it run a little into the next epoch and kill it.
+    killed.send_signal(signal.SIGSTOP)
+    assert killed.poll() is None, "the run finished before it could be interrupted"
+    killed.send_signal(signal.SIGCONT)
+    time.sleep(0.15)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
+    assert state.exists(), "the run finished before it could be interrupted (its resume state is gone)"
     done = ckpt.read_resume_state(state.parent)[1]["info"]["epoch"] + 1
     assert done < EPOCHS, "the run finished before it could be interrupted"
     leftovers = [p.name for p in killed_out.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
