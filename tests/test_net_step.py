@@ -52,7 +52,7 @@ def test_masked_mix_loss_equals_row_selection(present):
             labels[i, start + int(torch.randint(stop - start, (1,), generator=gen))] = 1.0
     logits = torch.randn(12, 11, generator=gen, requires_grad=True)
     ours, ref = mix_aux_loss(logits, labels, ids, slices), _mix_aux_reference(logits, labels, ids, slices)
-    assert float(ours) == pytest.approx(float(ref), rel=1e-6)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
     (g_ours,) = torch.autograd.grad(ours, logits)
     (g_ref,) = torch.autograd.grad(_mix_aux_reference(logits, labels, ids, slices), logits)
     assert torch.allclose(g_ours, g_ref, atol=1e-7)
@@ -100,7 +100,7 @@ def test_device_side_statistics_equal_per_step_values(real_images):
     # the accumulators restart at zero for the next epoch
     xb, yb = x[:8], y[:8]
     step(xb, xb, yb, torch.zeros_like(yb), 2.0, 0.0)
-    assert step.epoch_stats()["loss"] == pytest.approx(float(objective(xb, xb, yb, torch.zeros_like(yb), 2.0, 0.0)[0]),
+    assert step.epoch_stats()["loss"] == pytest.approx(objective(xb, xb, yb, torch.zeros_like(yb), 2.0, 0.0)[0].item(),
                                                        rel=0.2)
 
 
