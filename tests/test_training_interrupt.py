@@ -3,7 +3,8 @@
 1. ``python -m pumamed train`` on a tiny real run (BreastMNIST at 32 px, a small network, whole
    epochs of 34 steps, about a second each, so the kill lands inside an epoch on a fast machine
    too) is killed with SIGKILL after its first checkpoint, then continued with ``--resume``. It
-   must end with a loadable checkpoint, a complete ``metrics.json`` (every epoch once) and metrics no worse than the same run left uninterrupted (run side by side).
+   must end with a loadable checkpoint, a complete ``metrics.json`` (every epoch once) and metrics
+   no worse than the same run left uninterrupted (run side by side).
 2. Atomic writes: a forked writer saves two different checkpoints into one folder in a loop while
    this process reads it; the writer is SIGKILLed at random moments. Every read, during and after,
    sees one complete checkpoint (exactly model A or model B, never a torn file).
