@@ -95,3 +95,26 @@ def test_shortcut_experiment_runs_from_the_page(monkeypatch, tmp_path, imaging_r
     _no_errors(at)
     labels = [m.label for m in at.metric]
     assert "AUC, token swapped" in labels and "Token found in mu (AUC)" in labels
+
+
+def test_datasets_follow_the_models_modality_and_numbering_agrees(monkeypatch, models_root):
+    at = _open(monkeypatch, models_root)
+    _no_errors(at)
+    # a chest model: only chest datasets, its own first
+    assert at.selectbox(key="ea_dataset").options == ["nih_cxr14_1000", "pneumoniamnist"]
+    # images counted from 1 (as on the image explorer), and both probabilities named apart
+    assert at.number_input(key="ea_index").value == 1
+    caption = next(c.value for c in at.caption if c.value.startswith("Image 1 of "))
+    assert "of the input" in caption and "reconstruction" in caption
+    # another modality only on request, with a plain warning
+    at.checkbox(key="ea_show_all_datasets").check()
+    at.run()
+    at.selectbox(key="ea_dataset").set_value("brain_tumor_mri")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "meaningless" in " ".join(w.value for w in at.warning)
+    # unticking it must not leave the brain MRI selected
+    at.checkbox(key="ea_show_all_datasets").uncheck()
+    at.run()
+    assert at.selectbox(key="ea_dataset").value == "nih_cxr14_1000"
+    assert not at.warning

@@ -124,8 +124,8 @@ def test_dataset_image_slider_and_mask(monkeypatch, tiny_models, imaging_root):
     at.run()
     _ok(at)
     pick = next(s for s in at.selectbox if s.key and s.key.startswith("ie_map_pick"))
-    last = int(pick.options[-1].split()[0].lstrip("#"))  # options read "#<index> · <class>"
-    pick.set_value(last)
+    last = int(pick.options[-1].split()[0].lstrip("#"))  # options read "#<number from 1> · <class>"
+    pick.set_value(last - 1)  # the value is the 0-based index in the split
     at.run()
     _ok(at)
     at.button(key="ie_map_use").click()
@@ -133,14 +133,19 @@ def test_dataset_image_slider_and_mask(monkeypatch, tiny_models, imaging_root):
     _ok(at)
     # the picked image becomes the page's image, with the filters cleared so it is reachable
     assert not at.multiselect(key="ie_classes_mini_mias").value
-    assert at.number_input(key="ie_position").value == last + 1
-    assert any(c.value.startswith(f"mini_mias · val #{last} ") for c in at.caption)
+    # one numbering everywhere: position N, caption #N, map #N
+    assert at.number_input(key="ie_position").value == last
+    assert any(c.value.startswith(f"mini_mias · val #{last} of ") for c in at.caption)
 
-    # another dataset (another modality, 28-px originals upscaled to the model's 64 px)
+    # another modality (28-px ultrasound upscaled to the model's 64 px): only on request, with a warning
+    assert "breastmnist" not in at.selectbox(key="ie_dataset").options
+    at.checkbox(key="ie_show_all_datasets").check()
+    at.run()
     at.selectbox(key="ie_dataset").set_value("breastmnist")
     at.run()
-    _ok(at)
+    assert not at.exception and not at.error
     assert any(c.value.startswith("breastmnist · val #") for c in at.caption)
+    assert "meaningless" in " ".join(w.value for w in at.warning)
 
 
 def test_uploads_bad_and_good_and_prior(monkeypatch, tiny_models):
@@ -204,3 +209,38 @@ def test_no_model_and_mismatched_checkpoint_messages(monkeypatch, tmp_path, tiny
     at.run()
     assert not at.exception
     assert "does not exist" in " ".join(e.value for e in at.error)
+
+
+@pytest.fixture(scope="module")
+def two_modality_models(tmp_path_factory) -> Path:
+    """A brain-MRI and a chest X-ray checkpoint (tiny, untrained): switching the model must switch
+    the dataset list."""
+    from pumamed.net import PumaMedNet, PumaMedNetConfig, save_checkpoint
+
+    root = tmp_path_factory.mktemp("two_models")
+    for name, dataset, classes in (("brain_tiny", "brain_tumor_mri", ["glioma", "meningioma", "none", "pituitary"]),
+                                   ("chest_tiny", "pneumoniamnist", ["normal", "pneumonia"])):
+        torch.manual_seed(0)
+        model = PumaMedNet(PumaMedNetConfig(image_size=64, latent_dim=8, widths=(8, 16, 16, 16),
+                                            num_classes=len(classes), class_names=classes))
+        save_checkpoint(root / name, model, config={"data": {"datasets": [dataset]}}, card_text=f"# {name}")
+    return root
+
+
+@pytest.mark.slow
+def test_dataset_list_follows_the_models_modality(monkeypatch, two_modality_models, imaging_root):
+    at = _open(monkeypatch, two_modality_models)
+    _ok(at)
+    at.selectbox(key="ie_model").set_value(str(two_modality_models / "brain_tiny"))
+    at.run()
+    _ok(at)
+    assert at.selectbox(key="ie_dataset").value == "brain_tumor_mri"
+    assert at.selectbox(key="ie_dataset").options == ["brain_tumor_mri"]
+    # choosing the chest model (as the Modality control does) must not leave a brain MRI selected
+    at.selectbox(key="ie_model").set_value(str(two_modality_models / "chest_tiny"))
+    at.run()
+    _ok(at)
+    options = at.selectbox(key="ie_dataset").options
+    assert at.selectbox(key="ie_dataset").value == "pneumoniamnist"
+    assert set(options) <= {"pneumoniamnist", "nih_cxr14_1000"}, options
+    assert not at.warning

@@ -206,22 +206,41 @@ with guarded("Listing datasets"):
     datasets = _available_datasets(str(data_root)) if data_root.is_dir() else []
 
 selection = {}
+modality_warning = ""  # set when the chosen dataset is of another modality than the model
 with controls("Model and data"):
     if checkpoints:
         names = [c[0] for c in checkpoints]
         model_name = st.selectbox("Model", names, key="ea_model",
                                   help="PumaMedNet checkpoints in the models directory")
         model_path, model_cfg = next((p, c) for n, p, c in checkpoints if n == model_name)
-        trained_on = [d for d in model_cfg.get("data", {}).get("datasets", []) if d in datasets]
-        options = trained_on + [d for d in DEFAULT_DATASETS if d in datasets and d not in trained_on]
+        from pumamed.imaging.matching import (datasets_for_model, modality_mismatch_warning, modality_name,
+                                              model_modality, trained_datasets)
+
+        trained_on = trained_datasets(model_cfg)
+        present = [d for d in DEFAULT_DATASETS if d in datasets]
+        choice = datasets_for_model(trained_on, model_modality(trained_on, model_name), present)
+        show_all = bool(choice.others) and st.checkbox(
+            "Show datasets of other modalities", key="ea_show_all_datasets",
+            help="the classifier's explanations on another modality are meaningless")
+        options = choice.options(show_all)
+        if st.session_state.get("ea_dataset") not in options:
+            # a new model: never keep a dataset of another modality selected behind its back
+            st.session_state.pop("ea_dataset", None)
+        if not options and choice.others:
+            st.info(f"No {modality_name(choice.modality)} dataset in the data directory; tick *Show datasets "
+                    "of other modalities* to use another one.", icon=":material/info:")
         if options:
             dataset = st.selectbox("Dataset", options, key="ea_dataset",
                                    help="Images to explain and audit (metadata: sex, age, view, density...)")
+            if choice.is_foreign(dataset):
+                modality_warning = modality_mismatch_warning(model_name, choice.modality, dataset)
             split = st.selectbox("Split", ["test", "val", "train"], key="ea_split")
             selection = {"model": model_path, "dataset": dataset, "split": split, "cfg": model_cfg}
     else:
         st.caption("No PumaMedNet checkpoint found.")
 
+if modality_warning:
+    st.warning(modality_warning, icon=":material/warning:")
 tab_explain, tab_attr, tab_audit, tab_shortcut, tab_dis = st.tabs(
     ["Counterfactual & saliency", "Latent attributions", "Bias audit", "Planted shortcut", "Disentanglement"])
 
@@ -255,8 +274,10 @@ ready = loaded is not None and dataset_obj is not None and len(dataset_obj) > 0
 class_names = (loaded.class_names or [f"class {i}" for i in range(2)]) if loaded is not None else []
 if ready:
     with controls("Explanation"):
-        index = int(st.number_input("Image", 0, len(dataset_obj) - 1, 0, key="ea_index",
-                                    help=f"index in the {selection['split']} split ({len(dataset_obj)} images)"))
+        # Counted from 1, as on the image explorer; ``index`` is the 0-based position in the split.
+        index = int(st.number_input(f"Image (1–{len(dataset_obj)})", 1, len(dataset_obj), 1, key="ea_index",
+                                    help=f"position in the {selection['split']} split ({len(dataset_obj)} images)"))
+        index -= 1
         n_classes = max(2, len(class_names))
         default_target = 1 if n_classes == 2 else 0
         target = st.selectbox("Class to explain", range(n_classes), index=default_target, key="ea_target",
@@ -278,8 +299,13 @@ with tab_explain:
             truth = meta.get("class_name", meta.get("label", "?"))
             st.subheader(f"What would have to change for the model to be {'less' if direction != 'increase' else 'more'} "
                          f"sure of “{cf.class_name}”?")
-            st.caption(f"Image {index} (true label: {truth}). p({cf.class_name}) moves from "
-                       f"{cf.start_probability:.3f} to {cf.end_probability:.3f} after a latent shift of "
+            maps = _pixel_maps(selection["model"], selection["dataset"], selection["split"], index, target)
+            # Two probabilities, said apart: the input's own, and that of its reconstruction re-encoded,
+            # where the walk starts (every frame is a decoded image, so the curve uses the latter).
+            st.caption(f"Image {index + 1} of {len(dataset_obj)} (true label: {truth}). p({cf.class_name}) of the "
+                       f"input: {maps.probability:.3f}. The walk starts from its reconstruction, re-encoded "
+                       f"(p = {cf.start_probability:.3f}), and ends at p = {cf.end_probability:.3f} after a latent "
+                       "shift of "
                        f"{float(cf.lambdas[np.argmax(np.abs(cf.lambdas))]):+.2f} along the classifier's gradient"
                        + ("" if cf.reached else f" (the requested change of {change:.2f} was not reached)") + ".")
             left, mid, right = st.columns(3)
@@ -292,11 +318,14 @@ with tab_explain:
                 st.image(_frame_strip(cf), width="stretch",
                          caption="frames along the latent shift, λ from "
                                  f"{cf.lambdas[0]:+.1f} to {cf.lambdas[-1]:+.1f} (left to right)")
-                st.download_button("Download GIF", gif, file_name=f"counterfactual_{selection['dataset']}_{index}.gif",
+                st.download_button("Download GIF", gif,
+                                   file_name=f"counterfactual_{selection['dataset']}_{index + 1}.gif",
                                    mime="image/gif", icon=":material/download:")
             with curve_col:
                 fig = go.Figure(go.Scatter(x=cf.lambdas, y=cf.probabilities, mode="lines+markers"))
-                fig.add_hline(y=cf.start_probability, line_dash="dot")
+                fig.add_hline(y=cf.start_probability, line_dash="dot", annotation_text="reconstruction")
+                fig.add_hline(y=maps.probability, line_dash="dash", line_color="grey", annotation_text="input",
+                              annotation_position="bottom right")
                 fig.update_layout(title=f"p({cf.class_name}) per frame", xaxis_title="latent shift λ",
                                   yaxis_title="probability", yaxis_range=[0, 1])
                 st.plotly_chart(style_figure(fig, 300), width="stretch")
@@ -310,7 +339,8 @@ with tab_explain:
                        "Compare with the counterfactual: saliency says where p is sensitive, the counterfactual "
                        "shows what a plausible change looks like.")
             a, b, c = st.columns(3)
-            a.plotly_chart(_grey(cf.original, f"input (p={maps.probability:.2f})"), width="stretch")
+            a.plotly_chart(_grey(cf.original, f"input, p({cf.class_name}) = {maps.probability:.3f}"),
+                           width="stretch")
             b.plotly_chart(_heatmap(normalise_map(maps.saliency), "gradient saliency", signed=False), width="stretch")
             c.plotly_chart(_heatmap(normalise_map(maps.occlusion, signed=True), "occlusion sensitivity"),
                            width="stretch")

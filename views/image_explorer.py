@@ -24,6 +24,7 @@ from views._frame import controls, data_dir, guarded, is_presentation, missing_d
     show_error, style_figure
 from pumamed.catalog import CONFIG_FILE, WEIGHTS_FILE, describe_checkpoint, list_checkpoints
 from pumamed.errors import CheckpointError, InputError, PumaMedError
+from pumamed.imaging.matching import modality_mismatch_warning, modality_name
 
 SOURCES = ("Dataset", "Upload", "Prior sample")
 MODALITY_NAMES = {"chest_xray": "Chest X-ray", "brain_mri": "Brain MRI", "breast_ultrasound": "Breast ultrasound",
@@ -60,37 +61,15 @@ def _checkpoint_row(info) -> dict:
 
 
 def _datasets_of(cfg: dict) -> list[str]:
-    """Registered dataset names the checkpoint was trained (or transferred) on, from the
-    ``datasets`` / ``dataset`` entries of its config's ``data`` section (pretraining sources named
-    elsewhere, e.g. ``init_datasets``, do not decide its modality)."""
-    try:
-        from pumamed.imaging import DATASETS
-    except ImportError:
-        return []
-    data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
-    named = data.get("datasets", data.get("dataset", []))
-    if isinstance(named, str):
-        named = named.replace(";", ",").split(",")
-    found: list[str] = []
-    for name in named if isinstance(named, (list, tuple)) else []:
-        name = str(name).strip()
-        if name in DATASETS and name not in found:
-            found.append(name)
-    return found
+    from pumamed.imaging.matching import trained_datasets
+
+    return trained_datasets(cfg)
 
 
 def _modality_of(datasets: list[str], name: str) -> str:
-    try:
-        from pumamed.imaging import DATASETS
-    except ImportError:
-        DATASETS = {}
-    modalities = sorted({DATASETS[d].modality for d in datasets if d in DATASETS})
-    if len(modalities) == 1:
-        return modalities[0]
-    if modalities:
-        return "mixed"
-    guesses = {"chest": "chest_xray", "brain": "brain_mri", "breast": "breast_ultrasound"}
-    return next((m for key, m in guesses.items() if key in name.lower()), "unknown")
+    from pumamed.imaging.matching import model_modality
+
+    return model_modality(datasets, name)
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
@@ -255,6 +234,7 @@ class CurrentImage:
     code: np.ndarray | None = None  # the latent code, when the image was decoded from one (prior)
     lesion_mask: np.ndarray | None = None
     metadata: dict = field(default_factory=dict)
+    index: int | None = None  # position in the dataset's split, when the image comes from one
 
 
 def _key(array: np.ndarray) -> str:
@@ -273,7 +253,8 @@ def _image_from_dataset(dataset, indices: np.ndarray) -> CurrentImage | None:
         st.session_state["ie_position"] = int(np.random.default_rng().integers(1, n + 1))
 
     col_pos, col_dice = st.columns([3, 1], vertical_alignment="bottom")
-    position = col_pos.number_input(f"Image (1–{n})", min_value=1, max_value=n, step=1, key="ie_position")
+    label = f"Image (1–{n})" if n == len(dataset) else f"Image (1–{n} of the filtered set)"
+    position = col_pos.number_input(label, min_value=1, max_value=n, step=1, key="ie_position")
     col_dice.button(":material/casino:", on_click=pick_random, help="a random image of the filtered set")
     index = int(indices[int(position) - 1])
     image, _ = dataset[index]
@@ -284,8 +265,9 @@ def _image_from_dataset(dataset, indices: np.ndarray) -> CurrentImage | None:
     if lesion is not None and not np.asarray(lesion).any():
         lesion = None
     label = row.get("class_name", row.get("label", ""))
-    return CurrentImage(np.asarray(image, dtype=np.float32).reshape(image.shape[-2:]),
-                        f"{dataset.name} · {dataset.split} #{index} · {label}", lesion_mask=lesion, metadata=meta)
+    caption = f"{dataset.name} · {dataset.split} #{index + 1} of {len(dataset)} · {label}"
+    return CurrentImage(np.asarray(image, dtype=np.float32).reshape(image.shape[-2:]), caption,
+                        lesion_mask=lesion, metadata=meta, index=index)
 
 
 def _filter_dataset(dataset) -> np.ndarray:
@@ -316,14 +298,14 @@ def _filter_dataset(dataset) -> np.ndarray:
     return np.flatnonzero(keep)
 
 
-def _dataset_options(model_row: dict) -> list[str]:
-    """Datasets present in the data directory; the model's own first, then its modality's."""
-    from pumamed.imaging import DATASETS, available_datasets
+def _dataset_choice(model_row: dict):
+    """Datasets present in the data directory, split into the model's modality (its own first)
+    and the others (offered only behind "show all", with a warning)."""
+    from pumamed.imaging import available_datasets
+    from pumamed.imaging.matching import datasets_for_model
 
     present = available_datasets(str(data_dir()))
-    own = [d for d in model_row["datasets"] if d in present]
-    same = [d for d in present if d not in own and DATASETS[d].modality == model_row["modality"]]
-    return own + same + [d for d in present if d not in own and d not in same]
+    return datasets_for_model(model_row["datasets"], model_row["modality"], present)
 
 
 # =============================================================================== page
@@ -337,6 +319,7 @@ model_row: dict = {}
 dataset = None
 current: CurrentImage | None = None
 problems: list[tuple[str, Exception]] = []  # user errors met in Controls, shown in the main area
+cautions: list[str] = []  # warnings met in Controls, shown in the main area
 
 with controls():
     # ---------------------------------------------------------------- model
@@ -380,11 +363,24 @@ with controls():
     if session is not None:
         source = st.radio("Image", SOURCES, horizontal=True, key="ie_source")
         with guarded("Reading the dataset"):
-            options = _dataset_options(model_row)
+            choice = _dataset_choice(model_row)
+            show_all = bool(choice.others) and st.checkbox(
+                "Show datasets of other modalities", key="ie_show_all_datasets",
+                help="the model's predictions on another modality are meaningless; for reconstructions only")
+            options = choice.options(show_all)
+            if st.session_state.get("ie_dataset") not in options:
+                # a new model: never keep a dataset of another modality selected behind its back
+                st.session_state.pop("ie_dataset", None)
             if not options:
-                missing_data_message("No imaging dataset", "imaging/")
+                if choice.others:
+                    st.info(f"No {modality_name(choice.modality)} dataset in the data directory; tick "
+                            "*Show datasets of other modalities* to use another one.", icon=":material/info:")
+                else:
+                    missing_data_message("No imaging dataset", "imaging/")
             else:
                 name = st.selectbox("Dataset", options, key="ie_dataset")
+                if choice.is_foreign(name):
+                    cautions.append(modality_mismatch_warning(model_row["name"], choice.modality, name))
                 split = st.selectbox("Split", ["val", "test", "train", "all"], key="ie_split",
                                      help="val: the split used for model selection (some official test "
                                           "splits are held back)")
@@ -430,6 +426,8 @@ with controls():
 # ------------------------------------------------------------------------- no model / no image
 for context, problem in problems:
     show_error(problem, context)
+for caution in cautions:
+    st.warning(caution, icon=":material/warning:")
 if session is None:
     if not model_row:
         st.info(
@@ -461,7 +459,7 @@ with guarded("Reconstructing"):
         ("|error|", analysis.error, "error"),
         ("loss weights over the image", (analysis.image, analysis.weights), "overlay"),
     ])
-    cols = st.columns(4 if analysis.probabilities is not None else 3)
+    cols = st.columns(5 if analysis.probabilities is not None else 3)
     cols[0].metric("MAE", f"{analysis.metrics['mae']:.4f}")
     cols[1].metric("PSNR", f"{analysis.metrics['psnr_db']:.1f} dB")
     cols[2].metric("Weight range", f"{analysis.weights.min():.2f}–{analysis.weights.max():.2f}",
@@ -470,8 +468,10 @@ with guarded("Reconstructing"):
     if analysis.probabilities is not None:
         names = session.class_names or [str(i) for i in range(len(analysis.probabilities))]
         top = int(np.argmax(analysis.probabilities))
+        # The probability is its own figure, not a delta: an arrow would read as an improvement.
         cols[3].metric("Classifier on mu", names[top] if top < len(names) else str(top),
-                       f"p = {analysis.probabilities[top]:.2f}", delta_color="off")
+                       help="the class with the highest probability, from the latent mean mu")
+        cols[4].metric("Probability of that class", f"{analysis.probabilities[top]:.2f}")
     st.caption(current.caption + (" · " + ", ".join(f"{k}: {v}" for k, v in current.metadata.items()
                                                    if k not in {"dataset", "split", "label", "class_name"})
                                   if current.metadata else ""))
@@ -670,7 +670,8 @@ def _use_map_image(dataset_name: str, position_in_filtered: int):
 
 
 @st.fragment
-def map_section(path: str, stamp: float, name: str, split: str, current_code: np.ndarray):
+def map_section(path: str, stamp: float, name: str, split: str, current_code: np.ndarray,
+                current_index: int | None = None):
     from pumamed.explain.latent_map import colour_values
 
     session = _session(path, stamp)
@@ -682,7 +683,11 @@ def map_section(path: str, stamp: float, name: str, split: str, current_code: np
                             key="ie_map_n", help="a fixed random subset of the split")
         method = c2.selectbox("Projection", ["pca", "tsne"], key="ie_map_method",
                               format_func={"pca": "PCA", "tsne": "t-SNE"}.get)
-        fields = ["class"] + [c for c in dataset.metadata.columns
+        labels = np.asarray(dataset.labels)
+        multilabel = labels.ndim == 2
+        # Multi-label data: one finding at a time (their combinations would fill the legend).
+        classes = [f"finding: {c}" for c in dataset.class_names] if multilabel else ["class"]
+        fields = classes + [c for c in dataset.metadata.columns
                               if c not in HIDDEN_COLUMNS | {"class_name"} and dataset.metadata[c].nunique() > 1]
         colour = c3.selectbox("Colour by", fields, key="ie_map_colour")
         standardize = c4.toggle("Standardise dims", key="ie_map_std",
@@ -694,9 +699,14 @@ def map_section(path: str, stamp: float, name: str, split: str, current_code: np
     if colour == "class":
         values = np.array([_class_label(meta, j) for j in range(len(meta))], dtype=object)
         numeric = False
+    elif colour.startswith("finding: "):
+        finding = colour.removeprefix("finding: ")
+        has = labels[indices, dataset.class_names.index(finding)] > 0
+        values = np.where(has, finding, f"no {finding}").astype(object)
+        numeric = False
     else:
         values, numeric = colour_values(meta, colour)
-    hover = [f"#{i} · {_class_label(meta, j)}" for j, i in enumerate(indices)]
+    hover = [f"#{i + 1} · {_class_label(meta, j)}" for j, i in enumerate(indices)]
     fig = go.Figure()
     if numeric:
         fig.add_trace(go.Scattergl(x=embedding[:, 0], y=embedding[:, 1], mode="markers", customdata=indices,
@@ -737,10 +747,12 @@ def map_section(path: str, stamp: float, name: str, split: str, current_code: np
         picked = int(custom[0] if isinstance(custom, (list, tuple)) else custom) if custom is not None else None
     with right:
         options = [int(i) for i in indices]
-        default = options.index(picked) if picked in options else 0
+        # the picked point, else the page's current image when the map holds it
+        shown = picked if picked in options else current_index
+        default = options.index(shown) if shown in options else 0
         chosen = st.selectbox("Image on the map", options, index=default,
-                              format_func=lambda i: f"#{i} · {_class_label(dataset.metadata, i)}",
-                              key=f"ie_map_pick_{picked}")
+                              format_func=lambda i: f"#{i + 1} · {_class_label(dataset.metadata, i)}",
+                              key=f"ie_map_pick_{shown}")
         image = np.asarray(dataset[chosen][0], dtype=np.float32).reshape(session.image_size, session.image_size)
         recon = session.reconstruct_batch(image[None])[0]
         _show_panels([("image", image, "grey"), ("reconstruction", recon, "grey")])
@@ -756,4 +768,4 @@ if tab_map.open:
                     icon=":material/info:")
         else:
             with guarded("Latent map"):
-                map_section(path, stamp, dataset.name, dataset.split, np.asarray(analysis.mu))
+                map_section(path, stamp, dataset.name, dataset.split, np.asarray(analysis.mu), current.index)
