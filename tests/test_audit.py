@@ -245,3 +245,23 @@ def test_compare_mitigations_closes_the_gap_of_a_biased_attribute():
     assert table.loc["orthogonal", "attribute_leakage"] < 0.6
     assert table.loc["orthogonal", "auc"] > 0.7
     assert report.to_dict()["strategies"][0]["strategy"] == "baseline"
+
+
+def test_performance_verdict_refuses_gaps_of_a_classifier_at_chance():
+    import pandas as pd
+
+    from pumamed.explain.audit import SubgroupReport, performance_verdict
+
+    def report(auc, lo, hi):
+        table = pd.DataFrame({"n": [200, 100, 100], "auc": [auc, auc - 0.05, auc + 0.05],
+                              "auc_lo": [lo, lo, lo], "auc_hi": [hi, hi, hi]}, index=["overall", "F", "M"])
+        return SubgroupReport(table, {}, 0.5, 50)
+
+    at_chance = performance_verdict(report(0.472, 0.405, 0.543), "logistic probe on mu")
+    assert not at_chance.judgeable and "includes chance" in at_chance.reason and "0.472" in at_chance.reason
+    weak_probe = performance_verdict(report(0.57, 0.52, 0.62), "logistic probe on mu")
+    assert not weak_probe.judgeable and "floor" in weak_probe.reason
+    # the same figures from the model's own head are above chance: judgeable
+    assert performance_verdict(report(0.57, 0.52, 0.62), "model head").judgeable
+    assert performance_verdict(report(0.85, 0.80, 0.90), "logistic probe on mu").judgeable
+    assert not performance_verdict(None, "model head").judgeable

@@ -191,6 +191,93 @@ def _frame_strip(cf) -> bytes:
     return grid_png(np.clip(cf.frames, 0, 1)[None], None, labels, scale=scale)
 
 
+def _show_audit(report, index: int) -> None:
+    """The audit: what mu encodes about the attribute (always), then the classifier per group and
+    mitigation, only when the classifier is better than chance (else its gaps are noise)."""
+    verdict = report.verdict()
+    p = report.predictability
+    if not verdict.judgeable:
+        st.warning(f"**Subgroup performance cannot be judged:** {verdict.reason}. Gaps between groups and the "
+                   "ranking of mitigations would be noise, so they are not shown. What the latent space encodes "
+                   f"about {report.attribute} (below) does not depend on the classifier and stands on its own.",
+                   icon=":material/block:")
+    elif "probe" in report.classifier:
+        st.info("The model's classifier does not predict this dataset's classes: a logistic probe fitted on the "
+                "training codes stands in for it, so the per-group figures describe the probe.",
+                icon=":material/info:")
+    st.subheader(f"What the latent space encodes about {report.attribute}")
+    m1, m2, m3, m4 = st.columns(4)
+    m1.metric(f"{report.attribute} from mu ({p.metric.upper()})", f"{p.score:.3f}",
+              help=f"5-fold cross-validated (patient-grouped when ids exist); chance {p.chance}")
+    m2.metric("Flagged dimensions", len(report.flags.flagged),
+              help="rank effect above the family-wise 99% permutation threshold, within labels")
+    if verdict.judgeable and report.subgroups is not None and "auc" in report.subgroups.gaps:
+        gap = report.subgroups.gaps["auc"]
+        m3.metric("Largest AUC gap", f"{gap['gap']:.3f}",
+                  help=f"worst group: {gap['worst_group']}; 95% CI "
+                       f"[{gap.get('lo', float('nan')):.3f}, {gap.get('hi', float('nan')):.3f}]")
+    dep = report.head_dependence
+    if verdict.judgeable and dep:
+        m4.metric("Head weight on flagged dims", f"{dep['weight_share_on_flagged']:.0%}",
+                  help=f"flagged dims are {dep['flagged_fraction_of_dims']:.0%} of all dims")
+    st.markdown(f"**Flagged dimensions:** {', '.join(f'z{d}' for d in report.flags.flagged) or 'none'}")
+    matrix = _mi_matrix(selection["model"], selection["dataset"], selection["split"])
+    if not matrix.empty:
+        fig = px.imshow(matrix, color_continuous_scale="viridis", aspect="auto",
+                        title="mutual information (nats) between attributes and latent dimensions",
+                        labels=dict(color="MI"))
+        st.plotly_chart(style_figure(fig, 260), width="stretch")
+    if report.flags.flagged:
+        from pumamed.explain.attributions import traverse_dimensions
+        from pumamed.explain.export import grid_png
+
+        codes = _codes(selection["model"], selection["dataset"], selection["split"], None)
+        dims = report.flags.flagged[:6]
+        grid = traverse_dimensions(loaded.model, codes.mu[index % len(codes)], dims,
+                                   scale=codes.mu.std(axis=0), n_steps=7)
+        st.image(grid_png(grid.images, [f"z{d}" for d in dims], [f"{o:+.1f}" for o in grid.offsets]),
+                 caption=f"traversals of the dimensions that encode {report.attribute} "
+                         "(columns: shift in sd of the dimension)",
+                 width=900 if is_presentation() else 620)
+    for note in report.notes:
+        st.caption(f"Note: {note}")
+    if not verdict.judgeable:
+        return
+    if report.subgroups is not None:
+        t = report.subgroups.table
+        st.subheader(f"Classifier per {report.attribute} group ({report.classifier}; positive = "
+                     f"{report.positive})")
+        shown = pd.DataFrame({
+            "n": t["n"].astype(int),
+            **{m.upper(): [_fmt_ci(v, lo, hi) for v, lo, hi in
+                           zip(t[m], t.get(f"{m}_lo", t[m] * np.nan), t.get(f"{m}_hi", t[m] * np.nan))]
+               for m in ("auc", "tpr", "fpr", "ece", "brier")},
+            "prevalence": t["prevalence"].round(3),
+        }, index=t.index)
+        st.dataframe(shown, width="stretch")
+        groups = t.drop(index="overall")
+        fig = go.Figure(go.Bar(
+            x=groups.index, y=groups["auc"],
+            error_y=dict(type="data", symmetric=False,
+                         array=(groups.get("auc_hi", groups["auc"]) - groups["auc"]).fillna(0),
+                         arrayminus=(groups["auc"] - groups.get("auc_lo", groups["auc"])).fillna(0))))
+        fig.add_hline(y=float(t.loc["overall", "auc"]), line_dash="dot", annotation_text="overall")
+        fig.update_layout(title="AUC per group with 95% bootstrap CI", yaxis_range=[0, 1])
+        st.plotly_chart(style_figure(fig, 300), width="stretch")
+    if report.mitigation is not None:
+        st.subheader("Mitigation (logistic head refitted on the codes)")
+        mt = report.mitigation.table
+        st.dataframe(mt[["strategy", "directions_removed", "auc", "auc_gap", "tpr_gap", "fpr_gap",
+                         "attribute_leakage"]].round(3), hide_index=True, width="stretch")
+        fig = px.scatter(mt, x="auc_gap", y="auc", color="strategy", symbol="strategy",
+                         title="overall AUC vs largest AUC gap (up-left is better)",
+                         labels={"auc_gap": "largest AUC gap between groups", "auc": "overall AUC"})
+        fig.update_traces(marker_size=14)
+        st.plotly_chart(style_figure(fig, 340), width="stretch")
+        for note in report.mitigation.notes:
+            st.caption(f"Note: {note}")
+
+
 # ----------------------------------------------------------------------------- page
 st.title("Explain & audit")
 st.caption("Why did PumaMedNet decide this, and does its latent space encode who the patient is? "
@@ -396,91 +483,21 @@ with tab_audit:
                     "(try nih_cxr14_1000 for sex/age/view or mini_mias for tissue density).",
                     icon=":material/info:")
         else:
-            with st.form("ea_audit_form"):
-                c1, c2, c3 = st.columns(3)
-                attribute = c1.selectbox("Attribute", attributes, key="ea_attribute")
-                train_split = c2.selectbox("Fit mitigated heads on", ["train", "val"], key="ea_train_split")
-                n_boot = c3.select_slider("Bootstrap replicates", [50, 100, 200, 500], 200, key="ea_nboot")
-                run = st.form_submit_button("Run audit", icon=":material/policy:", type="primary")
-            if run:
-                st.session_state["ea_audit_args"] = (selection["model"], selection["dataset"], selection["split"],
-                                                     train_split, attribute, int(n_boot))
-            args = st.session_state.get("ea_audit_args")
-            if args and args[:3] == (selection["model"], selection["dataset"], selection["split"]):
+            # Plain widgets, not a form: a changed attribute reruns the page, and results computed for
+            # other settings are hidden rather than left on screen under the new attribute's name.
+            c1, c2, c3 = st.columns(3)
+            attribute = c1.selectbox("Attribute", attributes, key="ea_attribute")
+            train_split = c2.selectbox("Fit mitigated heads on", ["train", "val"], key="ea_train_split")
+            n_boot = c3.select_slider("Bootstrap replicates", [50, 100, 200, 500], 200, key="ea_nboot")
+            wanted = (selection["model"], selection["dataset"], selection["split"], train_split, attribute,
+                      int(n_boot))
+            if st.button("Run audit", icon=":material/policy:", type="primary", key="ea_audit_run"):
+                st.session_state["ea_audit_args"] = wanted
+            if st.session_state.get("ea_audit_args") == wanted:
                 with guarded("Audit"):
-                    report = _audit(*args)
-                    p = report.predictability
-                    m1, m2, m3, m4 = st.columns(4)
-                    m1.metric(f"{report.attribute} from mu ({p.metric.upper()})", f"{p.score:.3f}",
-                              help=f"5-fold cross-validated (patient-grouped when ids exist); chance {p.chance}")
-                    m2.metric("Flagged dimensions", len(report.flags.flagged),
-                              help="rank effect above the family-wise 99% permutation threshold, within labels")
-                    if report.subgroups is not None and "auc" in report.subgroups.gaps:
-                        gap = report.subgroups.gaps["auc"]
-                        m3.metric("Largest AUC gap", f"{gap['gap']:.3f}",
-                                  help=f"worst group: {gap['worst_group']}; 95% CI "
-                                       f"[{gap.get('lo', float('nan')):.3f}, {gap.get('hi', float('nan')):.3f}]")
-                    dep = report.head_dependence
-                    if dep:
-                        m4.metric("Head weight on flagged dims", f"{dep['weight_share_on_flagged']:.0%}",
-                                  help=f"flagged dims are {dep['flagged_fraction_of_dims']:.0%} of all dims")
-                    for note in report.notes:
-                        st.caption(f"Note: {note}")
-                    st.markdown(f"**Flagged dimensions:** {', '.join(f'z{d}' for d in report.flags.flagged) or 'none'}")
-                    matrix = _mi_matrix(selection["model"], selection["dataset"], selection["split"])
-                    if not matrix.empty:
-                        fig = px.imshow(matrix, color_continuous_scale="viridis", aspect="auto",
-                                        title="mutual information (nats) between attributes and latent dimensions",
-                                        labels=dict(color="MI"))
-                        st.plotly_chart(style_figure(fig, 260), width="stretch")
-                    if report.subgroups is not None:
-                        t = report.subgroups.table
-                        st.subheader(f"Classifier per {report.attribute} group ({report.classifier}; positive = "
-                                     f"{report.positive})")
-                        shown = pd.DataFrame({
-                            "n": t["n"].astype(int),
-                            **{m.upper(): [_fmt_ci(v, lo, hi) for v, lo, hi in
-                                           zip(t[m], t.get(f"{m}_lo", t[m] * np.nan), t.get(f"{m}_hi", t[m] * np.nan))]
-                               for m in ("auc", "tpr", "fpr", "ece", "brier")},
-                            "prevalence": t["prevalence"].round(3),
-                        }, index=t.index)
-                        st.dataframe(shown, width="stretch")
-                        groups = t.drop(index="overall")
-                        fig = go.Figure(go.Bar(
-                            x=groups.index, y=groups["auc"],
-                            error_y=dict(type="data", symmetric=False,
-                                         array=(groups.get("auc_hi", groups["auc"]) - groups["auc"]).fillna(0),
-                                         arrayminus=(groups["auc"] - groups.get("auc_lo", groups["auc"])).fillna(0))))
-                        fig.add_hline(y=float(t.loc["overall", "auc"]), line_dash="dot",
-                                      annotation_text="overall")
-                        fig.update_layout(title="AUC per group with 95% bootstrap CI", yaxis_range=[0, 1])
-                        st.plotly_chart(style_figure(fig, 300), width="stretch")
-                    if report.mitigation is not None:
-                        st.subheader("Mitigation (logistic head refitted on the codes)")
-                        mt = report.mitigation.table
-                        st.dataframe(mt[["strategy", "directions_removed", "auc", "auc_gap", "tpr_gap", "fpr_gap",
-                                         "attribute_leakage"]].round(3), hide_index=True, width="stretch")
-                        fig = px.scatter(mt, x="auc_gap", y="auc", color="strategy", symbol="strategy",
-                                         title="overall AUC vs largest AUC gap (up-left is better)",
-                                         labels={"auc_gap": "largest AUC gap between groups", "auc": "overall AUC"})
-                        fig.update_traces(marker_size=14)
-                        st.plotly_chart(style_figure(fig, 340), width="stretch")
-                        for note in report.mitigation.notes:
-                            st.caption(f"Note: {note}")
-                    if report.flags.flagged:
-                        from pumamed.explain.attributions import traverse_dimensions
-                        from pumamed.explain.export import grid_png
-
-                        codes = _codes(selection["model"], selection["dataset"], selection["split"], None)
-                        dims = report.flags.flagged[:6]
-                        grid = traverse_dimensions(loaded.model, codes.mu[index % len(codes)], dims,
-                                                   scale=codes.mu.std(axis=0), n_steps=7)
-                        st.image(grid_png(grid.images, [f"z{d}" for d in dims], [f"{o:+.1f}" for o in grid.offsets]),
-                                 caption=f"traversals of the dimensions that encode {report.attribute} "
-                                         "(columns: shift in sd of the dimension)",
-                                 width=900 if is_presentation() else 620)
+                    _show_audit(_audit(*wanted), index)
             else:
-                st.caption("Choose an attribute and press **Run audit** (a few seconds to a minute on a CPU).")
+                st.caption(f"Press **Run audit** to audit *{attribute}* (a few seconds to a minute on a CPU).")
 
 # --- tab 4: planted shortcut --------------------------------------------------------------------
 with tab_shortcut:

@@ -692,6 +692,40 @@ def binary_target(codes: LatentCodes, positive=None) -> BinaryTarget:
     return BinaryTarget((labels == 1).astype(int), None if probs is None else probs[:, 1], names[1])
 
 
+#: Below this cross-validated overall AUC a stand-in logistic probe is too weak for its subgroup
+#: gaps to say anything about the model (its errors are mostly its own).
+PROBE_AUC_FLOOR = 0.6
+
+
+@dataclass(frozen=True)
+class PerformanceVerdict:
+    """Whether subgroup performance can be judged at all, and why not."""
+
+    judgeable: bool
+    reason: str = ""
+
+
+def performance_verdict(subgroups: SubgroupReport | None, classifier: str,
+                        probe_floor: float = PROBE_AUC_FLOOR) -> PerformanceVerdict:
+    """Subgroup gaps of a classifier at chance are noise. Not judgeable when the overall AUC's 95 %
+    interval includes 0.5, or when a stand-in probe scores below ``probe_floor``."""
+    if subgroups is None or "overall" not in subgroups.table.index:
+        return PerformanceVerdict(False, "no classifier score to compare groups with")
+    overall = subgroups.table.loc["overall"]
+    auc, lo, hi = (float(overall.get(k, np.nan)) for k in ("auc", "auc_lo", "auc_hi"))
+    who = "the logistic probe standing in for the classifier" if "probe" in classifier else f"the {classifier}"
+    if not np.isfinite(auc):
+        return PerformanceVerdict(False, f"{who} has no overall AUC (a single class in the test split)")
+    interval = f"{auc:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else f"{auc:.3f}"
+    if np.isfinite(lo) and np.isfinite(hi) and lo <= 0.5 <= hi:
+        return PerformanceVerdict(False, f"{who} scores an overall AUC of {interval}, an interval that "
+                                         "includes chance (0.5)")
+    if "probe" in classifier and auc < probe_floor:
+        return PerformanceVerdict(False, f"{who} scores an overall AUC of {interval}, below the floor of "
+                                         f"{probe_floor:.2f} set for a stand-in probe")
+    return PerformanceVerdict(True)
+
+
 @dataclass
 class AuditReport:
     attribute: str
@@ -717,8 +751,13 @@ class AuditReport:
             "subgroups": None if self.subgroups is None else self.subgroups.to_dict(),
             "mitigation": None if self.mitigation is None else self.mitigation.to_dict(),
             "head_dependence": self.head_dependence,
+            "subgroups_judgeable": self.verdict().judgeable,
             "notes": self.notes,
         })
+
+    def verdict(self) -> PerformanceVerdict:
+        """Whether the subgroup gaps and mitigation ranking mean anything (see performance_verdict)."""
+        return performance_verdict(self.subgroups, self.classifier)
 
 
 def head_dependence(coefficients: np.ndarray, flagged) -> dict:
