@@ -3,7 +3,9 @@
 Environment variables (all optional):
 
 ``PUMAMED_DATA_DIR``
-    Folder holding the datasets (``imaging/...``, ``epi/...``). Default: ``data/`` in the project.
+    Folder holding the datasets (``imaging/...``, ``epi/...``). Default: ``data/`` in the current
+    working directory when it holds data, else the demo pack shipped inside the package
+    (``pumamed/demo/``), so a fresh install shows every page. See :func:`data_dir`.
 ``PUMAMED_MODELS_DIR``
     Folder holding trained checkpoints. Default: ``models/`` in the project.
 ``PUMAMED_DEVICE``
@@ -20,6 +22,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The demo pack lives inside the package (not beside it) so that an installed package has it too.
+DEMO_DATA_DIR = Path(__file__).resolve().parent / "demo"
 DATA_DIR_ENV = "PUMAMED_DATA_DIR"
 MODELS_DIR_ENV = "PUMAMED_MODELS_DIR"
 DEVICE_ENV = "PUMAMED_DEVICE"
@@ -28,13 +32,54 @@ DEFAULT_SEED = 0
 
 
 def data_dir(override: str | os.PathLike | None = None) -> Path:
-    """The data directory: ``override`` if given, else ``$PUMAMED_DATA_DIR``, else ``data/``."""
+    """The data directory, first match of:
+
+    1. ``override`` (a ``--data-dir`` flag), else ``$PUMAMED_DATA_DIR``: used as given, even
+       when it does not exist (the pages then say what is missing there);
+    2. ``data/`` in the current working directory, when it holds ``imaging/`` or ``epi/``. The
+       working directory, not the package's folder: after ``pip install`` the package sits in
+       site-packages, where nobody keeps data;
+    3. the demo pack ``pumamed/demo/`` (a small sample of the real data, see
+       ``pumamed/demo/SOURCES.md``);
+    4. ``data/`` in the working directory (empty: where the user is told to put the data).
+    """
+    return data_source(override)[0]
+
+
+def data_source(override: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """``(folder, origin)`` of :func:`data_dir`; origin is ``"argument"``, ``"environment"``,
+    ``"local"``, ``"demo"`` or ``"none"`` (nothing found anywhere)."""
     if override:
-        return Path(override).expanduser().resolve()
+        return Path(override).expanduser().resolve(), "argument"
     env = os.environ.get(DATA_DIR_ENV)
     if env:
-        return Path(env).expanduser().resolve()
-    return PROJECT_ROOT / "data"
+        return Path(env).expanduser().resolve(), "environment"
+    local = Path.cwd() / "data"
+    if holds_data(local):
+        return local.resolve(), "local"
+    if holds_data(DEMO_DATA_DIR):
+        return DEMO_DATA_DIR, "demo"
+    return local.resolve(), "none"
+
+
+def holds_data(folder: Path) -> bool:
+    """Whether ``folder`` has a non-empty ``imaging/`` or ``epi/`` subfolder."""
+    for group in ("imaging", "epi"):
+        try:
+            if any((Path(folder) / group).iterdir()):
+                return True
+        except OSError:  # absent or unreadable
+            continue
+    return False
+
+
+def is_demo_data(folder: str | os.PathLike | None = None) -> bool:
+    """Whether ``folder`` (default: :func:`data_dir`) is the shipped demo pack."""
+    folder = data_dir() if folder is None else Path(folder)
+    try:
+        return Path(folder).resolve() == DEMO_DATA_DIR.resolve()
+    except OSError:
+        return False
 
 
 def models_dir(override: str | os.PathLike | None = None) -> Path:

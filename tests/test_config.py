@@ -8,12 +8,30 @@ import torch
 from pumamed import config
 
 
-def test_data_dir_prefers_override_then_env_then_default(monkeypatch, tmp_path):
+def test_data_dir_prefers_override_then_env(monkeypatch, tmp_path):
     monkeypatch.setenv(config.DATA_DIR_ENV, str(tmp_path / "env"))
     assert config.data_dir(tmp_path / "flag") == (tmp_path / "flag").resolve()
-    assert config.data_dir() == (tmp_path / "env").resolve()
-    monkeypatch.delenv(config.DATA_DIR_ENV)
-    assert config.data_dir() == config.PROJECT_ROOT / "data"
+    assert config.data_source() == ((tmp_path / "env").resolve(), "environment")
+
+
+def test_data_dir_default_is_local_data_then_the_demo_pack(monkeypatch, tmp_path):
+    """Without PUMAMED_DATA_DIR: data/ of the working directory when it holds data (not data/
+    beside the package, which is site-packages after pip install), else the shipped pack."""
+    monkeypatch.delenv(config.DATA_DIR_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    assert config.data_source() == (config.DEMO_DATA_DIR, "demo"), "an empty data/ must not hide the pack"
+    assert config.is_demo_data()
+    (tmp_path / "data" / "epi" / "conapo_imm_2020").mkdir(parents=True)
+    assert config.data_source() == ((tmp_path / "data").resolve(), "local")
+    assert not config.is_demo_data()
+
+
+def test_data_dir_without_pack_or_data_points_at_local_data(monkeypatch, tmp_path):
+    monkeypatch.delenv(config.DATA_DIR_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config, "DEMO_DATA_DIR", tmp_path / "no_pack")
+    assert config.data_source() == ((tmp_path / "data").resolve(), "none")
 
 
 def test_models_dir_env(monkeypatch, tmp_path):

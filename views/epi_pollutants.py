@@ -13,7 +13,7 @@ from pumamed.epi.factors import correlation_table, variance_inflation
 from pumamed.epi.geometry import MUNICIPALITY_RDATA
 from pumamed.epi.io import epi_dir
 from pumamed.epi.mapping import municipal_choropleth, station_map
-from pumamed.epi.pollutants import POLLUTANTS, RAMA_DIR, SINAICA_DIR
+from pumamed.epi.pollutants import POLLUTANTS, RAMA_DIR, SINAICA_DIR, has_rama_hourly
 
 STATIONS_FILE = "epi/sinaica_stations_monthly/stations_sinaica_rsinaica.csv"
 SERIES_COLOURS = ("#440154", "#31688e", "#35b779", "#fde725", "#b5367a", "#e55c30", "#21918c", "#90d743")
@@ -38,15 +38,15 @@ def _annual(root: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner="Reading RAMA hourly data…", max_entries=9)
 def _rama(root: str, key: str, resolution: str) -> pd.DataFrame:
-    from pumamed.epi.pollutants import load_rama_hourly
+    from pumamed.epi.pollutants import MIN_DAY_HOURS, load_rama_hourly, rama_station_daily
 
-    hourly = load_rama_hourly(root, pollutants=[key])
-    hourly = hourly.assign(station_key=hourly["station_key"].astype(str))
     if resolution == "hourly":
+        hourly = load_rama_hourly(root, pollutants=[key])
+        hourly = hourly.assign(station_key=hourly["station_key"].astype(str))
         time = pd.to_datetime(hourly["date"]) + pd.to_timedelta(hourly["hour"].astype(int) - 1, unit="h")
         return pd.DataFrame({"station_key": hourly["station_key"], "time": time, "value": hourly["value"]})
-    daily = hourly.groupby(["station_key", "date"], observed=True)["value"].agg(["mean", "count"]).reset_index()
-    daily = daily[daily["count"] >= 18]  # the same completeness rule as the annual means
+    daily = rama_station_daily(root, pollutants=[key])  # hourly files or their daily means (demo pack)
+    daily = daily[daily["hours"] >= MIN_DAY_HOURS]  # the same completeness rule as the annual means
     return daily.rename(columns={"date": "time", "mean": "value"})[["station_key", "time", "value"]]
 
 
@@ -174,7 +174,9 @@ with guarded("Loading the air-quality data"):
         preferred = 0 if year == 2024 or len(networks) == 1 else len(networks) - 1
         network = c1.radio("Network", networks, index=preferred, key="pol_network")
         if network.startswith("RAMA"):
-            resolution = c1.radio("Resolution", ["daily mean", "hourly"], horizontal=True, key="pol_resolution")
+            # The demo pack carries daily means only: offer hourly values where the hourly files are.
+            resolutions = ["daily mean", "hourly"] if has_rama_hourly(str(root)) else ["daily mean"]
+            resolution = c1.radio("Resolution", resolutions, horizontal=True, key="pol_resolution")
             series = _rama(str(root), key, "hourly" if resolution == "hourly" else "daily")
         else:
             monthly = _sinaica(str(root))

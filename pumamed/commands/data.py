@@ -4,38 +4,52 @@ from __future__ import annotations
 
 import json
 
+# How the data directory was chosen, as `data check` says it (see pumamed.config.data_source).
+DATA_ORIGINS = {
+    "argument": "--data-dir",
+    "environment": "PUMAMED_DATA_DIR",
+    "local": "data/ in the working directory",
+    "demo": "the demo pack shipped with the package: a small sample; set PUMAMED_DATA_DIR for the full data",
+    "none": "nothing found: no PUMAMED_DATA_DIR, no data/ here, no demo pack",
+}
+
 
 def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="inspect or fetch datasets in the data directory")
     data_sub = data.add_subparsers(dest="data_command", metavar="<action>")
 
     check = data_sub.add_parser("check", help="list known datasets found, with counts")
-    check.add_argument("--data-dir", help="data directory (default: $PUMAMED_DATA_DIR or ./data)")
+    check.add_argument("--data-dir", help="data directory (default: $PUMAMED_DATA_DIR, else ./data when it holds data, else the demo pack)")
     check.add_argument("--json", action="store_true", help="print one JSON object")
     check.set_defaults(func=run_check)
 
     fetch = data_sub.add_parser("fetch", help="download public files into the data directory")
     fetch.add_argument("source", choices=["epi"], help="which group of public files")
-    fetch.add_argument("--data-dir", help="data directory (default: $PUMAMED_DATA_DIR or ./data)")
+    fetch.add_argument("--data-dir", help="data directory (default: $PUMAMED_DATA_DIR, else ./data when it holds data, else the demo pack)")
     fetch.add_argument("--only", nargs="*", help="fetch only these dataset folders")
     fetch.add_argument("--dry-run", action="store_true", help="list what would be downloaded")
     fetch.set_defaults(func=run_fetch)
+
+    build = data_sub.add_parser("build-demo", help="build the demo data pack from a full data directory")
+    build.add_argument("--from", dest="source", required=True, help="the full data directory (holding imaging/, epi/)")
+    build.add_argument("--out", default=None, help="the pack folder (default: pumamed/demo inside the package)")
+    build.set_defaults(func=run_build_demo)
 
     data.set_defaults(func=lambda args: data.print_help() or 2)
 
 
 def run_check(args) -> int:
-    from pumamed.config import data_dir
+    from pumamed.config import data_source
     from pumamed.datacheck import BROKEN, OK, check_data_dir
 
-    root = data_dir(args.data_dir)
+    root, origin = data_source(args.data_dir)
     reports = check_data_dir(root)
     broken = [r for r in reports if r.status == BROKEN]
     if args.json:
-        print(json.dumps({"data_dir": str(root), "datasets": [r.to_dict() for r in reports],
+        print(json.dumps({"data_dir": str(root), "data_origin": origin, "datasets": [r.to_dict() for r in reports],
                           "n_ok": sum(r.status == OK for r in reports), "n_broken": len(broken)}, indent=2))
     else:
-        print(f"data directory: {root}")
+        print(f"data directory: {root} ({DATA_ORIGINS[origin]})")
         for r in reports:
             counts = ", ".join(f"{k}={v}" for k, v in r.counts.items())
             line = f"  [{r.status:7}] {r.group:7} {r.name:32} {counts}"
@@ -52,3 +66,13 @@ def run_fetch(args) -> int:
     from pumamed.epi.fetch import fetch_epi
 
     return fetch_epi(data_dir(args.data_dir), only=args.only, dry_run=args.dry_run)
+
+
+def run_build_demo(args) -> int:
+    from pumamed.demopack import build_pack, default_out
+
+    out = args.out or default_out()
+    manifest = build_pack(args.source, out)
+    print(f"demo pack: {out}: {manifest['images']} images, {len(manifest['files'])} files, "
+          f"{manifest['bytes'] / 2**20:.1f} MB (sources and licences in SOURCES.md)")
+    return 0

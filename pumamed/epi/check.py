@@ -15,6 +15,7 @@ from pumamed.epi.io import epi_dir
 
 GROUP = "epi"
 FETCH_HINT = "python -m pumamed data fetch epi --only {folder}"
+DEMO_HINT = "a reduced form written by `python -m pumamed data build-demo` (the demo pack)"
 
 
 def _verify(root: Path, folder: str) -> None:
@@ -30,7 +31,8 @@ def _verify(root: Path, folder: str) -> None:
 
 def _checked(root: Path, folder: str, counter):
     def run(path):
-        _verify(root, folder)
+        if folder is not None:  # None: a derived folder (the demo pack's), no published checksums
+            _verify(root, folder)
         return counter(path)
 
     return run
@@ -49,7 +51,8 @@ def reports(data_dir) -> list[DatasetReport]:
          "conapo_imm_1990_2015/Base_Indice_de_marginacion_municipal_90-15.csv", lambda p: _count_imm_history(root)),
         ("epi/CONEVAL, HDI, population", "mucinoab_muni_indicators", "mucinoab_muni_indicators",
          lambda p: _count_mucinoab(root)),
-        ("epi/RAMA hourly 2024", "rama_cdmx_2024_hourly", "rama_cdmx_2024_hourly", lambda p: _count_rama(root)),
+        ("epi/RAMA 2024 (hourly, or daily means)", "rama_cdmx_2024_hourly", "rama_cdmx_2024_hourly",
+         lambda p: _count_rama(root)),
         ("epi/RAMA daily city-wide", "rama_cdmx_daily_2015_2023", "rama_cdmx_daily_2015_2023/rama_2023_05.csv",
          lambda p: _count_rama_daily(root)),
         ("epi/SINAICA monthly", "sinaica_stations_monthly", "sinaica_stations_monthly/monthly_pollution.csv",
@@ -66,13 +69,16 @@ def reports(data_dir) -> list[DatasetReport]:
          "outcomes/inegi_defun_sonora_2017_2021", lambda p: _count_deaths(root)),
         ("epi/ENSANUT 2018 small areas", "outcomes/ensanut2018_small_area_mun_prevalence",
          "outcomes/ensanut2018_small_area_mun_prevalence/a_peq_prev_2018.xlsx", lambda p: _count_ensanut(root)),
+        ("epi/outcome tables per municipality (reduced form)", None,
+         "outcomes/municipal_tables", lambda p: _count_municipal_tables(root)),
         ("epi/death-record catalogues", "outcomes/inegi_defun_dictionary_catalogs_2017_2018",
          "outcomes/inegi_defun_dictionary_catalogs_2017_2018", _count_files),
         ("epi/DGIS death catalogues", "outcomes/dgis_defun_catalogs_2019_2020",
          "outcomes/dgis_defun_catalogs_2019_2020", _count_files),
     ]
     out = [safe_check(name, GROUP, root / relative, _checked(root, folder, counter),
-                      hint=FETCH_HINT.format(folder=folder)) for name, folder, relative, counter in specs]
+                      hint=FETCH_HINT.format(folder=folder) if folder else DEMO_HINT)
+           for name, folder, relative, counter in specs]
     out.append(safe_check("epi/DGIS egresos (optional)", GROUP, root / "outcomes" / "dgis_egresos",
                           lambda p: _count_egresos(root),
                           hint="put public DGIS EGRESOS files there; see docs/epi_data.md"))
@@ -118,11 +124,28 @@ def _count_mucinoab(root: Path) -> dict:
 
 
 def _count_rama(root: Path) -> dict:
-    from pumamed.epi.pollutants import load_rama_hourly
+    from pumamed.epi.pollutants import has_rama_hourly, load_rama_hourly, rama_station_daily
 
+    if not has_rama_hourly(root):  # the reduced form of the demo pack
+        daily = rama_station_daily(root)
+        return {"form": "daily means", "stations": int(daily["station_key"].nunique()),
+                "pollutants": int(daily["pollutant"].nunique()), "station_days": len(daily)}
     hourly = load_rama_hourly(root)
     return {"stations": int(hourly["station_key"].nunique()), "pollutants": int(hourly["pollutant"].nunique()),
             "valid_hours": len(hourly)}
+
+
+def _count_municipal_tables(root: Path) -> dict:
+    from pumamed.epi.outcomes import MUNICIPAL_TABLES, MUNICIPAL_TABLE_SOURCES, read_municipal_table
+
+    counts = {}
+    for source in MUNICIPAL_TABLE_SOURCES:
+        path = root / MUNICIPAL_TABLES / f"{source}.csv"
+        if path.is_file():
+            counts[source] = len(read_municipal_table(path))
+    if not counts:
+        raise ValueError(f"no table of {list(MUNICIPAL_TABLE_SOURCES)} in {root / MUNICIPAL_TABLES}")
+    return counts
 
 
 def _count_rama_daily(root: Path) -> dict:

@@ -18,6 +18,11 @@ Readers (record level -> per municipality and year):
     hypertension) with standard error, 90 % CI and CV. -> :func:`read_ensanut_2018`.
 (e) Any aggregated table (CSV in any encoding, xlsx, parquet) with a municipality code and a count:
     :func:`read_outcome_table`.
+
+Reduced form (the demo pack, ``pumamed/demo``): ``outcomes/municipal_tables/<source>.csv`` holds,
+for each source of (a), (b) and (d), the per-municipality table the panel builds from it
+(:func:`municipal_outcome_table`), so the pack ships aggregated counts and never a patient or a
+death record. The record-level files win when both are present.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ COVID_BC_STATES = ("02", "03")  # the 2021 extract holds medical units of Baja C
 DEFUN_SONORA = OUTCOMES / "inegi_defun_sonora_2017_2021"
 ENSANUT_2018 = OUTCOMES / "ensanut2018_small_area_mun_prevalence" / "a_peq_prev_2018.xlsx"
 EGRESOS_DIR = OUTCOMES / "dgis_egresos"  # where users put DGIS discharge files (not shipped)
+MUNICIPAL_TABLES = OUTCOMES / "municipal_tables"  # reduced form, see the module docstring
 
 DIABETES_ICD10 = ("E10", "E11", "E12", "E13", "E14")
 SSA_YES, SSA_NO = 1, 2
@@ -658,6 +664,49 @@ def _load_egresos(root: Path) -> pd.DataFrame:
     return load_egresos(root)
 
 
+# Panel source name -> (the full-data file or folder it is computed from, the loader).
+_RECORD_SOURCES = {
+    "covid_2020": (COVID_NATIONAL, _load_covid_2020),
+    "covid_2021_bc": (COVID_BC_2021, _load_covid_2021),
+    "deaths_sonora": (DEFUN_SONORA, _load_deaths),
+    "ensanut_2018": (ENSANUT_2018, _load_ensanut),
+}
+MUNICIPAL_TABLE_SOURCES = tuple(_RECORD_SOURCES)
+
+
+def municipal_outcome_table(source: str, data_dir=None) -> pd.DataFrame:
+    """The per-municipality table of one outcome source (``covid_2020``, ``covid_2021_bc``,
+    ``deaths_sonora``, ``ensanut_2018``): computed from the full-data files when they are present,
+    else read from the reduced form ``outcomes/municipal_tables/<source>.csv``."""
+    if source not in _RECORD_SOURCES:
+        raise DataError(f"unknown outcome source {source!r}; choose from {list(_RECORD_SOURCES)}")
+    root = epi_dir(data_dir)
+    full, loader = _RECORD_SOURCES[source]
+    reduced = root / MUNICIPAL_TABLES / f"{source}.csv"
+    if not (root / full).exists() and reduced.is_file():
+        return read_municipal_table(reduced)
+    return loader(root)  # raises the usual "not found" message when neither form is there
+
+
+def read_municipal_table(path) -> pd.DataFrame:
+    """A reduced-form outcome table: ``CVEGEO`` (5-digit text), optionally ``year``, and numbers."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype={"CVEGEO": str})
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path.name}: unreadable ({exc})") from exc
+    if "CVEGEO" not in table.columns:
+        raise DataError(f"{path.name}: no CVEGEO column")
+    table["CVEGEO"] = normalize_cvegeo(table["CVEGEO"])
+    if "year" in table.columns:
+        table["year"] = table["year"].astype(int)
+    return table
+
+
+def _tables_or_records(source: str):
+    return lambda root: municipal_outcome_table(source, root)
+
+
 def _panel_sources():
     from pumamed.epi.panel import PanelSource, Variable
 
@@ -680,13 +729,13 @@ def _panel_sources():
     dgis = "DGIS egresos hospitalarios (user-supplied)"
     covid_counts = tuple(f"covid_diabetic_{k}" for k in _COVID_COUNTS) + ("covid_patients_all",)
     return [
-        PanelSource("covid_2020", "COVID-19 national release 2020-05-17", _load_covid_2020,
+        PanelSource("covid_2020", "COVID-19 national release 2020-05-17", _tables_or_records("covid_2020"),
                     _covid_variables("2020"), time_varying=True, fill_zero=covid_counts,
                     records_column="patients_all"),
-        PanelSource("covid_2021_bc", "COVID-19 extract BC/BCS Jul-Aug 2021", _load_covid_2021,
+        PanelSource("covid_2021_bc", "COVID-19 extract BC/BCS Jul-Aug 2021", _tables_or_records("covid_2021_bc"),
                     _covid_variables("2021"), time_varying=True, coverage=COVID_BC_STATES, fill_zero=covid_counts,
                     records_column="patients_all"),
-        PanelSource("deaths_sonora", "INEGI death records, Sonora 2017-2021", _load_deaths, (
+        PanelSource("deaths_sonora", "INEGI death records, Sonora 2017-2021", _tables_or_records("deaths_sonora"), (
             Variable("diabetes_deaths", "outcome", "Deaths with diabetes (E10-E14) as underlying cause", "deaths",
                      inegi, "2017-2021", "count"),
             Variable("diabetes_deaths_male", "outcome", "Diabetes deaths, men", "deaths", inegi, "2017-2021", "count"),
@@ -698,7 +747,7 @@ def _panel_sources():
                      "2017-2021", "count", "deaths_all_causes"),
         ), time_varying=True, coverage="listed", records_column="diabetes_deaths",
             fill_zero=("diabetes_deaths", "diabetes_deaths_male", "diabetes_deaths_female", "deaths_all_causes_records")),
-        PanelSource("ensanut_2018", "ENSANUT 2018 small-area prevalence", _load_ensanut, tuple(ensanut_vars)),
+        PanelSource("ensanut_2018", "ENSANUT 2018 small-area prevalence", _tables_or_records("ensanut_2018"), tuple(ensanut_vars)),
         PanelSource("egresos", "DGIS hospital discharges (diabetes, E10-E14)", _load_egresos, (
             Variable("diabetes_discharges", "outcome", "Hospital discharges with diabetes as principal diagnosis",
                      "discharges", dgis, "", "count", "discharges"),

@@ -21,6 +21,12 @@ Harmonisation (all documented in the ``flag`` column of :func:`load_sinaica_mont
    median (``station_outlier``) and PM2.5 months above the same station's PM10 (``pm25_gt_pm10``,
    physically impossible: PM2.5 is part of PM10).
 
+Reduced form (the demo pack, ``pumamed/demo``): instead of the hourly files,
+``rama_cdmx_2024_hourly/station_daily_means_2024.csv.gz`` holds one row per station, pollutant
+and day: the mean of the day's valid hours and how many there were (``pollutant, station_code,
+date, mean, hours``), written by :func:`rama_station_daily`. Everything but the hourly plot is
+computed from daily means, so both forms give the same annual means and exposure.
+
 Annual station means need enough data (:func:`station_annual_means`): RAMA days count when at
 least 18 of 24 hours are valid, years when >= 75 % of days are valid and every quarter has >= 50 %
 of its days; SINAICA years need >= 9 valid months with every quarter represented. Annual means
@@ -49,6 +55,7 @@ from pumamed.errors import DataError
 log = logging.getLogger(__name__)
 
 RAMA_DIR = Path("rama_cdmx_2024_hourly")
+RAMA_DAILY_MEANS = "station_daily_means_2024.csv.gz"  # reduced form, see the module docstring
 RAMA_DAILY = Path("rama_cdmx_daily_2015_2023") / "rama_2023_05.csv"
 SINAICA_DIR = Path("sinaica_stations_monthly")
 RAMA_MISSING = -99
@@ -212,6 +219,52 @@ def _rama_one(root: str, key: str) -> pd.DataFrame | None:
     return out
 
 
+def has_rama_hourly(data_dir=None) -> bool:
+    """Whether any RAMA hourly file is present (the demo pack has daily means only)."""
+    folder = epi_dir(data_dir) / RAMA_DIR
+    return any((folder / p.rama_file).is_file() for p in POLLUTANTS.values() if p.rama_file)
+
+
+def rama_station_daily(data_dir=None, pollutants=None) -> pd.DataFrame:
+    """Daily RAMA station means: ``station_key, station_code, pollutant, date, mean, hours``
+    (``hours`` = valid hours of the day; every day with at least one valid hour is listed).
+
+    Computed from the hourly files when present, else read from the reduced daily form
+    (:data:`RAMA_DAILY_MEANS`). Apply the completeness rule with ``hours >= MIN_DAY_HOURS``.
+    """
+    keys = [p for p in _check_pollutants(pollutants) if POLLUTANTS[p].rama_file]
+    root = epi_dir(data_dir)
+    table = _rama_daily_all(str(root))
+    return table[table["pollutant"].isin(keys)].reset_index(drop=True).copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _rama_daily_all(root: str) -> pd.DataFrame:
+    if has_rama_hourly(root):
+        hourly = load_rama_hourly(root)
+        daily = (hourly.groupby(["station_key", "station_code", "pollutant", "date"], observed=True)["value"]
+                 .agg(["mean", "count"]).reset_index().rename(columns={"count": "hours"}))
+        for column in ("station_key", "station_code", "pollutant"):
+            daily[column] = daily[column].astype(str)
+        return daily[["station_key", "station_code", "pollutant", "date", "mean", "hours"]]
+    path = require_file(Path(root) / RAMA_DIR / RAMA_DAILY_MEANS, "RAMA hourly files or their daily means")
+    try:
+        raw = pd.read_csv(path, dtype={"pollutant": str, "station_code": str})
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path.name}: unreadable ({exc})") from exc
+    needed = {"pollutant", "station_code", "date", "mean", "hours"}
+    if not needed <= set(raw.columns):
+        raise DataError(f"{path.name}: expected columns {sorted(needed)}, got {list(raw.columns)}")
+    unknown = sorted(set(raw["pollutant"]) - set(POLLUTANTS))
+    if unknown:
+        raise DataError(f"{path.name}: unknown pollutant(s) {unknown}")
+    return pd.DataFrame({
+        "station_key": "RAMA:" + raw["station_code"], "station_code": raw["station_code"],
+        "pollutant": raw["pollutant"], "date": pd.to_datetime(raw["date"], format="%Y-%m-%d"),
+        "mean": raw["mean"].astype(float), "hours": raw["hours"].astype(int),
+    })
+
+
 def load_rama_daily_citywide(data_dir=None) -> pd.DataFrame:
     """City-wide daily means of Mexico City 2015-2023 (all-station average; not station level).
 
@@ -336,11 +389,11 @@ def _annual(root: str, min_day_hours: int, min_year_fraction: float, min_quarter
     parts = []
     if (Path(root) / RAMA_DIR).is_dir():
         try:
-            hourly = load_rama_hourly(root)
+            daily = _rama_daily_all(root)
         except DataError:
-            hourly = None
-        if hourly is not None:
-            parts.append(_rama_annual(hourly, min_day_hours, min_year_fraction, min_quarter_fraction))
+            daily = None
+        if daily is not None:
+            parts.append(_rama_annual(daily, min_day_hours, min_year_fraction, min_quarter_fraction))
     if (Path(root) / SINAICA_DIR / "monthly_pollution.csv").exists():
         parts.append(_sinaica_annual(_sinaica(root, True), min_months))
     if not parts:
@@ -355,11 +408,10 @@ def _annual(root: str, min_day_hours: int, min_year_fraction: float, min_quarter
     return annual.sort_values(["pollutant", "year", "station_key"]).reset_index(drop=True)
 
 
-def _rama_annual(hourly: pd.DataFrame, min_day_hours: int, min_year_fraction: float,
+def _rama_annual(daily: pd.DataFrame, min_day_hours: int, min_year_fraction: float,
                  min_quarter_fraction: float) -> pd.DataFrame:
     keys = ["station_key", "pollutant"]
-    daily = (hourly.groupby([*keys, "date"], observed=True)["value"].agg(["mean", "count"]).reset_index())
-    daily = daily[daily["count"] >= min_day_hours].copy()
+    daily = daily[daily["hours"] >= min_day_hours].copy()
     daily["year"] = daily["date"].dt.year
     daily["quarter"] = daily["date"].dt.quarter
     daily["station_key"] = daily["station_key"].astype(str)
