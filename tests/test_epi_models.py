@@ -333,3 +333,25 @@ def test_default_covariates_exist_in_the_catalogue():
 
     names = set(candidate_covariates()["name"])
     assert set(DEFAULT_COVARIATES) <= names
+
+
+def test_severity_pair_with_events_outside_its_denominator_fits_after_excluding_them(epi_root):
+    """Deaths among the hospitalised: some deaths were never hospitalised, so a few municipalities
+    count more deaths than hospitalisations. They are left out with a note naming how many, and
+    the binomial model fits on the rest."""
+    spec = ModelSpec(outcome="covid_diabetic_deaths", severity_denominator="covid_diabetic_hospitalized",
+                     data_dir=str(epi_root))
+    design = build_design(spec)
+    frame = design.frame
+    assert (frame["y"] <= frame["trials"]).all() and (frame["trials"] > 0).all()
+    over = [n for n in design.notes if "exceeds covid_diabetic_hospitalized" in n]
+    assert over and int(over[0].split()[0].replace(",", "")) > 0, design.notes
+    assert any("zero denominator" in n and "undefined" in n for n in design.notes)
+
+
+def test_empty_selection_message_says_what_it_means():
+    from pumamed.epi.modeling import empty_selection_message
+
+    text = empty_selection_message("binomial", "1se", 1183)
+    assert "proportion" in text and "1,183" in text and "1-SE" in text and "not proof" in text
+    assert "rate" in empty_selection_message("negbin", "min", 10)

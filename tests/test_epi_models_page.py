@@ -68,3 +68,25 @@ def test_models_page_in_presentation_mode_without_covariates(epi_root):
     at.multiselect(key="models_covariates").set_value([]).run()
     _no_errors(at)
     assert any("at least one covariate" in i.value for i in at.info)
+
+
+@pytest.mark.slow
+def test_severity_outcomes_fit_and_say_what_an_empty_selection_means(epi_root):
+    at = _open()
+    at.slider(key="models_resamples").set_value(10)
+    at.radio(key="models_outcome_kind").set_value("Severity (proportion)").run()
+    _no_errors(at)
+    # the default pair: nothing survives the penalty, so no caveat about a refit that did not happen
+    selected = next(m.value for m in at.metric if m.label == "Covariates selected")
+    assert selected.startswith("0 /"), selected  # hospitalised among diabetic patients, 2020 covariates
+    assert any("No covariate survives" in i.value and "not proof" in i.value for i in at.info)
+    assert not any("post-selection" in w.value for w in at.warning)
+    # deaths among the hospitalised: municipalities with more deaths than hospitalisations are left out
+    pairs = at.selectbox(key="models_severity")
+    hospitalised_deaths = next(i for i, label in enumerate(pairs.options)
+                               if label.startswith("Deaths among hospitalised"))
+    pairs.set_value(hospitalised_deaths).run()
+    _no_errors(at)
+    notes = " ".join(c.value for c in at.caption)
+    assert "exceeds covid_diabetic_hospitalized" in notes and "inconsistent" in notes
+    assert int(next(m.value for m in at.metric if m.label == "Municipalities").replace(",", "")) > 500

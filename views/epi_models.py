@@ -336,9 +336,13 @@ with tab_glm, guarded("Penalised GLM"):
             "ratio_per_unit": st.column_config.NumberColumn(f"{ratio} per unit", format="%.4f"),
             "sd": st.column_config.NumberColumn("SD", format="%.3g"),
         })
+        # the caveat is about the refit's intervals: shown only when there was a refit
+        st.warning(result.caveat, icon=":material/warning:")
     else:
-        st.info("No covariate survives the penalty: the rate-only model predicts as well as any other.")
-    st.warning(result.caveat, icon=":material/warning:")
+        from pumamed.epi.modeling import empty_selection_message
+
+        st.info(empty_selection_message(result.family, result.spec.rule, len(result.data)),
+                icon=":material/filter_alt_off:")
     if result.recovery is not None:
         st.subheader("Planted versus recovered")
         st.dataframe(result.recovery, hide_index=True)

@@ -398,10 +398,19 @@ def build_design(spec: ModelSpec) -> Design:
         complete = base.dropna()
         lost_cov = n_outcome - len(complete)  # rows with the outcome but a missing covariate
         if severity:
-            zero = complete[spec.severity_denominator] <= 0
+            denominator = spec.severity_denominator
+            zero = complete[denominator] <= 0
             if zero.any():
-                notes.append(f"{int(zero.sum())} municipalities with a zero denominator left out")
+                notes.append(f"{int(zero.sum()):,} municipalities with a zero denominator ({denominator} = 0) "
+                             "left out: the proportion is undefined there")
             complete = complete[~zero]
+            # Events outside the denominator (e.g. deaths of patients never hospitalised, counted
+            # against the hospitalised) make a proportion above 1: those rows are inconsistent.
+            over = complete[y_col] > complete[denominator]
+            if over.any():
+                notes.append(f"{int(over.sum()):,} municipalities where {y_col} exceeds {denominator} left out "
+                             "as inconsistent (events counted outside the denominator)")
+            complete = complete[~over]
         else:
             complete = complete[complete["population"] > 0]
         n_dropped = len(base) - len(complete)
@@ -433,6 +442,17 @@ def build_design(spec: ModelSpec) -> Design:
         raise DataError("the outcome is zero in every municipality: nothing to model")
     return Design(frame.reset_index(drop=True), covariates, family, label, transformed, notes, int(n_dropped),
                   truth, None if severity else "population", "trials" if severity else None)
+
+
+def empty_selection_message(family: str, rule: str, n_rows: int) -> str:
+    """What "no covariate survives the penalty" means, in words a reader can act on."""
+    target = "proportion" if family == "binomial" else "rate"
+    by = "the 1-SE rule" if rule == "1se" else "the minimum cross-validated deviance"
+    return (f"No covariate survives the penalty: at the λ chosen by {by}, cross-validation finds that no "
+            f"chosen covariate predicts the {target} in these {n_rows:,} municipalities better than the overall "
+            f"{target} alone. This is about predictive value at this sample size, not proof that no association "
+            "exists; there is no refit and hence no interval to show. Try the minimum-deviance rule, other "
+            "covariates, or the boosting tab.")
 
 
 # ---------------------------------------------------------------- the pipeline
