@@ -160,7 +160,7 @@ def test_uploads_bad_and_good_and_prior(monkeypatch, tiny_models):
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     message = " ".join(e.value for e in at.error)
-    assert "scan.png" in message and "not a supported image" in message
+    assert "scan.png" in message and "corrupt or of another kind" in message
 
     truncated = io.BytesIO()
     noise = np.random.default_rng(0).integers(0, 256, (100, 100), dtype=np.uint8)  # incompressible

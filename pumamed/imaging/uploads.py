@@ -169,9 +169,43 @@ def read_upload(data: bytes, filename: str = "", size: int = 128, max_bytes: int
         return _read_dicom(data, int(size), max_pixels, frame, window)
     if kind == "nifti":
         return _read_nifti(data, int(size), max_bytes, slice_index, axis)
+    named = _named_format(filename)
     if kind == "dicom-raw":
+        if not _parses_as_dicom(data):
+            if named == "DICOM":
+                raise InputError(f"{label} is not a DICOM file, or a corrupt one: it has no DICOM header "
+                                 "('DICM' at byte 128) and its content does not parse as DICOM data")
+            raise InputError(f"{label} is not a supported image: upload {SUPPORTED}")
         try:
             return _read_dicom(data, int(size), max_pixels, frame, window)
         except InputError as exc:
             raise InputError(f"{label} is not a supported image: upload {SUPPORTED} ({exc})") from exc
+    if named:
+        # The name promises a format the content does not have: say so, not "unsupported".
+        raise InputError(f"{label} is named as a {named} image, but its content is not {named}: the file is "
+                         f"corrupt or of another kind (supported: {SUPPORTED})")
     raise InputError(f"{label} is not a supported image: upload {SUPPORTED}")
+
+
+_NAMED_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF",
+                  ".dcm": "DICOM", ".dicom": "DICOM", ".nii": "NIfTI", ".gz": "NIfTI"}
+
+
+def _named_format(filename: str) -> str | None:
+    """The supported format a file's name claims (by extension), or None."""
+    return _NAMED_FORMATS.get(PurePath((filename or "").lower()).suffix)
+
+
+def _parses_as_dicom(data: bytes) -> bool:
+    """Whether preamble-less bytes parse into a DICOM data set with at least one of the tags every
+    image file carries (a text file force-parsed by pydicom gives garbage tags, none of these)."""
+    import io
+
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+        # SOP Class UID, Modality, Study Instance UID, Rows, Columns, Photometric Interpretation
+        return any(tag in ds for tag in (0x00080016, 0x00080060, 0x0020000D, 0x00280010, 0x00280011, 0x00280004))
+    except Exception:  # noqa: BLE001 - pydicom raises many types for non-DICOM bytes
+        return False
