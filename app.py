@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from views._frame import PRESENTATION_KEY, apply_presentation_style, available_pages
+from views._frame import PRESENTATION_KEY, apply_presentation_style, available_pages, demo_data_banner
 
 st.set_page_config(page_title="PumaMed Explorer", page_icon=":material/biotech:", layout="wide")
 
@@ -20,4 +20,5 @@ with st.sidebar:
     st.caption("Explainable generative imaging and municipal diabetes analysis.")
 
 apply_presentation_style()
+demo_data_banner()
 navigation.run()

@@ -135,6 +135,16 @@ def models_dir() -> Path:
     return config.models_dir()
 
 
+def demo_data_banner() -> None:
+    """A banner on every page while the pages read the demo pack instead of full data."""
+    if not config.is_demo_data():
+        return
+    from pumamed.demopack import pack_summary
+
+    st.info(f"**{pack_summary()}**: set `PUMAMED_DATA_DIR` for the full data "
+            "(see the README's *First run* section).", icon=":material/science:")
+
+
 def missing_data_message(what: str, relative_path: str) -> None:
     """Say which file is missing and how to provide it."""
     st.info(

@@ -24,7 +24,8 @@ def register(subparsers) -> None:
     check.set_defaults(func=run_check)
 
     fetch = data_sub.add_parser("fetch", help="download public files into the data directory")
-    fetch.add_argument("source", choices=["epi"], help="which group of public files")
+    fetch.add_argument("source", choices=["epi", "imaging"],
+                       help="which group of public files (imaging: the MedMNIST archives)")
     fetch.add_argument("--data-dir", help="data directory (default: $PUMAMED_DATA_DIR, else ./data when it holds data, else the demo pack)")
     fetch.add_argument("--only", nargs="*", help="fetch only these dataset folders")
     fetch.add_argument("--dry-run", action="store_true", help="list what would be downloaded")
@@ -62,10 +63,20 @@ def run_check(args) -> int:
 
 
 def run_fetch(args) -> int:
-    from pumamed.config import data_dir
+    from pathlib import Path
+
+    from pumamed.config import data_source
+
+    root, origin = data_source(args.data_dir)
+    if origin in ("demo", "none"):  # never download into the package's demo pack
+        root = Path.cwd() / "data"
+    if args.source == "imaging":
+        from pumamed.imaging.fetch import fetch_imaging
+
+        return fetch_imaging(root, only=args.only, dry_run=args.dry_run)
     from pumamed.epi.fetch import fetch_epi
 
-    return fetch_epi(data_dir(args.data_dir), only=args.only, dry_run=args.dry_run)
+    return fetch_epi(root, only=args.only, dry_run=args.dry_run)
 
 
 def run_build_demo(args) -> int:
