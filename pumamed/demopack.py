@@ -42,6 +42,9 @@ from pumamed.errors import DataError, InputError
 
 PACK_VERSION = 1
 IMAGES_PER_CLASS = 40
+# NIH is the audit's dataset (sex, age, view): its subgroups must stay populated in each of the
+# pack's splits, patients are kept whole, and its images are 64 px (4 KB each), so it gets more.
+IMAGES_PER_CLASS_BY_DATASET = {"nih_cxr14_1000": 100}
 MAX_IMAGE_SIZE = 128
 # Shares of each stratum's patients (images without patient ids) in the pack's own splits.
 PACK_SPLIT_SHARES = (("test", 0.5), ("val", 0.25), ("train", 0.25))
@@ -223,7 +226,7 @@ def _imaging_sample(name: str, source: Path):
     chosen = []
     for _, block in test.groupby("stratum", sort=True):
         order = sorted(block.index, key=lambda i: _rank(name, block.at[i, "key"]))
-        chosen += order[:IMAGES_PER_CLASS]
+        chosen += order[:IMAGES_PER_CLASS_BY_DATASET.get(name, IMAGES_PER_CLASS)]
     sample = frame.loc[sorted(chosen, key=lambda i: (frame.at[i, "stratum"], frame.at[i, "key"]))].reset_index(drop=True)
     groups = sample["patient_id"].where(sample["patient_id"].notna(), sample["key"])
     sample["pack_split"] = _pack_splits(sample["stratum"], groups, name)
