@@ -19,6 +19,16 @@ def register(subparsers) -> None:
                                      "bootstrap 95 %% interval")
     p.add_argument("--bootstrap", type=int, default=2000, help="with --against: bootstrap replicates")
     p.add_argument("--seed", type=int, default=0, help="with --against: bootstrap seed")
+    p.add_argument("--judge", help="a classifier trained on original images (e.g. the ResNet-18 baseline): adds "
+                                   "how faithful the reconstructions and counterfactuals are to the judge "
+                                   "(the faithfulness and counterfactuals blocks)")
+    p.add_argument("--counterfactual-limit", type=int, default=None,
+                   help="with --judge: counterfactuals for at most this many images, stratified by class "
+                        "(default: every image of the split)")
+    p.add_argument("--max-shift", type=float, default=30.0,
+                   help="with --judge: longest counterfactual walk, in latent units")
+    p.add_argument("--detail", choices=["image", "mean", "resampled"], default="image",
+                   help="with --judge, hierarchical models: the detail code held during the walk")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_evaluate)
 
@@ -36,10 +46,22 @@ def run_evaluate(args) -> int:
 
         torch.set_num_threads(args.threads)
 
+    if args.judge is None and (args.counterfactual_limit is not None or args.detail != "image"):
+        raise InputError("--counterfactual-limit and --detail apply with --judge only")
+    if args.max_shift <= 0:
+        raise InputError("--max-shift must be positive")
     result = evaluate_checkpoint(args.model, args.dataset, split=args.split, data_dir=args.data_dir,
                                  device=args.device, batch_size=args.batch_size,
                                  latency_repeats=args.latency_repeats, against=args.against,
                                  bootstrap=args.bootstrap, seed=args.seed)
+    if args.judge is not None:
+        from pumamed.explain.faithfulness import faithfulness_report
+
+        result.update(faithfulness_report(args.model, args.dataset, args.judge, split=args.split,
+                                          data_dir=args.data_dir, device=args.device,
+                                          batch_size=min(args.batch_size, 64),
+                                          counterfactual_limit=args.counterfactual_limit,
+                                          max_shift=args.max_shift, detail=args.detail, seed=args.seed))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -52,6 +74,25 @@ def run_evaluate(args) -> int:
             print(f"    {name:24} AUC {value:.4f}" if value is not None else f"    {name:24} AUC n/a")
     if result.get("reconstruction_error") is not None:
         print(f"  reconstruction MSE {result['reconstruction_error']:.5f}")
+    quality = result.get("reconstruction")
+    if quality:
+        ssim_text = f", SSIM {quality['ssim']['mean']:.3f}" if quality.get("ssim") else ""
+        print(f"  reconstruction PSNR {quality['psnr_db']['mean']:.2f} dB{ssim_text}")
+    faithful = result.get("faithfulness")
+    if faithful:
+        ratio = faithful["ratio"]
+        print(f"  judge {faithful['judge']} ({faithful['judge_arch']}, {faithful['judge_image_size']} px): macro AUC "
+              f"{faithful['auc_original']:.4f} on originals, {faithful['auc_reconstruction']:.4f} on "
+              f"reconstructions; faithfulness {'n/a' if ratio is None else f'{ratio:.3f}'}")
+    cf = result.get("counterfactuals")
+    if cf and "validity" in cf:
+        print(f"  counterfactuals (n = {cf['n']}): judge flips {cf['validity']['share']:.1%}, model flips "
+              f"{cf['model_decision_changed']['share']:.1%}, proximity SSIM {cf['proximity_ssim']['mean']:.3f}")
+        if cf.get("localisation"):
+            print(f"    lesion localisation ratio {cf['localisation']['ratio']['mean']:.2f} "
+                  f"({cf['localisation']['n_with_lesion']} images with a lesion)")
+    elif cf:
+        print(f"  counterfactuals: {cf['skipped']}")
     print(f"  {result['cost_of']}: {result['parameters']:,} parameters, {result['flops'] / 1e6:.1f} MFLOPs, "
           f"{result['cpu_latency_ms']:.2f} ms per image on CPU ({result['cpu_threads']} threads)")
     other, diff = result.get("against"), result.get("difference")

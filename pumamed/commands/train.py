@@ -59,6 +59,17 @@ def register(subparsers) -> None:
     p.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                    help="validate and save an exponential moving average of the weights, with this decay per "
                         "step (e.g. 0.99; default 0: the weights as trained)")
+    p.add_argument("--detail-channels", type=int, default=None,
+                   help="channels of a spatial detail code beside the global code (a hierarchical model whose "
+                        "reconstructions keep texture; default 0: none; with --init: the pretrained model's)")
+    p.add_argument("--detail-resolution", type=int, default=16,
+                   help="width in px of the detail code's maps (one of the encoder's feature-map sizes)")
+    p.add_argument("--detail-dropout", type=float, default=0.5,
+                   help="share of training images decoded without their detail code, so the global code alone "
+                        "must still draw the image")
+    p.add_argument("--detail-beta", type=float, default=1.0, help="weight of the detail code's KL term")
+    p.add_argument("--ssim-weight", type=float, default=0.0,
+                   help="weight of a (1 - SSIM) structure term beside the weighted squared error (e.g. 0.1)")
     p.add_argument("--out", help="output checkpoint folder (default: runs/<datasets>_<arch>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--keep-state", action="store_true", help="keep the resume state after the run finishes")
@@ -88,21 +99,25 @@ def run_train(args) -> int:
         raise InputError("--distill-weight must be in [0, 1] and --distill-temperature positive")
     if not (args.ema == 0.0 or 0.0 < args.ema < 1.0):
         raise InputError(f"--ema must be 0 (off) or a decay between 0 and 1, e.g. 0.99; got {args.ema}")
+    if args.detail_beta < 0 or args.ssim_weight < 0:
+        raise InputError("--detail-beta and --ssim-weight must not be negative")
     workers = args.workers if args.workers is not None else (8 if torch.cuda.is_available() else 0)
     train_cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, beta=args.beta,
         kl_warmup=args.kl_warmup, capacity=args.capacity, aux_weight=args.aux_weight, cls_weight=args.cls_weight,
         augment=not args.no_augment, denoise=not args.no_denoise, augment_on=args.augment_on, seed=args.seed,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature, ema=args.ema,
-        num_workers=workers,
+        detail_beta=args.detail_beta, ssim_weight=args.ssim_weight, num_workers=workers,
         channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, max_steps_per_epoch=args.max_steps_per_epoch,
         keep_resume_state=args.keep_state, progress=not args.quiet)
     teachers = tuple(Path(f.strip()) for f in (args.teacher or "").split(",") if f.strip())
     out = Path(args.out) if args.out else Path("runs") / f"{'+'.join(names)}_{args.arch}"
     spec = RunSpec(datasets=names, out=out, arch=args.arch, size=args.size, latent=args.latent or 32, widths=widths,
                    weight_map=args.weight_map or "learned",
-                   architecture_given=tuple(name for name in ("latent", "widths", "weight_map")
+                   architecture_given=tuple(name for name in ("latent", "widths", "weight_map", "detail_channels")
                                             if getattr(args, name) is not None), decoder=args.decoder, classifier_hidden=args.classifier_hidden,
+                   detail_channels=args.detail_channels or 0, detail_resolution=args.detail_resolution,
+                   detail_dropout=args.detail_dropout,
                    init=Path(args.init) if args.init else None, teacher=teachers,
                    resume=args.resume, data_dir=args.data_dir,
                    report_test=not args.no_test, train=train_cfg)

@@ -157,8 +157,9 @@ def latent_attributions(model, mu, target_class: int, class_names=None, kl_per_d
     return LatentAttribution(table, target_class, name, int(codes.shape[0]))
 
 
-def decoder_function(model, batch_size: int = 64):
-    """``codes (N x D array) -> images (N x S x S array)`` for :func:`pumamed.explain.traversal.traverse`."""
+def decoder_function(model, batch_size: int = 64, detail=None):
+    """``codes (N x D array) -> images (N x S x S array)`` for :func:`pumamed.explain.traversal.traverse`,
+    with a hierarchical model's detail code (1 x C x R x R tensor, or None: the prior mean) held."""
     import torch
 
     device = model_device(model)
@@ -169,7 +170,10 @@ def decoder_function(model, batch_size: int = 64):
         with torch.inference_mode():
             z = torch.as_tensor(np.asarray(codes), dtype=torch.float32, device=device)
             for start in range(0, z.shape[0], batch_size):
-                out.append(model.decode(z[start:start + batch_size]).float().cpu().numpy()[:, 0])
+                part = z[start:start + batch_size]
+                held = None if detail is None else detail.to(device).expand(len(part), -1, -1, -1)
+                out.append((model.decode(part, held) if held is not None else model.decode(part))
+                           .float().cpu().numpy()[:, 0])
         return np.concatenate(out)
 
     return decode

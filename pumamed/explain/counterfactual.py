@@ -31,6 +31,7 @@ from pumamed.explain.attributions import (
     check_class,
     head_probabilities,
     model_device,
+    model_task,
     require_classifier,
 )
 
@@ -72,6 +73,18 @@ def _probabilities_of_images(model, images, target_class: int, task: str | None)
     return head_probabilities(model, mu, task)[:, target_class]
 
 
+def _encode_for_explanation(model, x, detail: str):
+    """(mu, detail code to hold): hierarchical PumaMedNets hold their detail code; other models
+    have none."""
+    if callable(getattr(model, "encode_for_explanation", None)):
+        return model.encode_for_explanation(x, detail)
+    return model.encode(x)[0], None
+
+
+def _decode(model, codes, held):
+    return model.decode(codes) if held is None else model.decode(codes, held)
+
+
 def _stop_index(probabilities: np.ndarray, start: float, target_change: float) -> tuple[int, bool]:
     moved = np.abs(probabilities - start) >= target_change
     if moved.any():
@@ -81,12 +94,14 @@ def _stop_index(probabilities: np.ndarray, start: float, target_change: float) -
 
 def latent_shift(model, image, target_class: int, *, target_change: float = 0.3, direction: str = "decrease",
                  max_shift: float = 30.0, n_search: int = 61, n_frames: int = 9, through: str = "image",
-                 class_names=None, task: str | None = None) -> Counterfactual:
+                 class_names=None, task: str | None = None, detail: str = "image") -> Counterfactual:
     """Counterfactual frames for one image (1 x S x S in [0, 1]) and one class of the classifier.
 
     ``direction``: ``"decrease"`` removes evidence for the class (the paper's default),
     ``"increase"`` adds it, ``"both"`` walks both ways (frames ordered from most negative lambda).
     ``target_change``: stop once the probability moved this much (probability units).
+    ``detail``: what a hierarchical model's detail code is while the global code walks: the
+    image's own (``"image"``), its prior mean (``"mean"``) or a posterior draw (``"resampled"``).
     """
     import torch
 
@@ -106,10 +121,10 @@ def latent_shift(model, image, target_class: int, *, target_change: float = 0.3,
     model.eval()
     try:
         with torch.no_grad():
-            mu, _ = model.encode(x)
+            mu, held = _encode_for_explanation(model, x, detail)
         z = mu.detach().clone().requires_grad_(True)
         if through == "image":
-            probability = _probabilities_of_images(model, model.decode(z), target_class, task)[0]
+            probability = _probabilities_of_images(model, _decode(model, z, held), target_class, task)[0]
         else:
             probability = head_probabilities(model, z, task)[0, target_class]
         (grad,) = torch.autograd.grad(probability, z)
@@ -119,7 +134,8 @@ def latent_shift(model, image, target_class: int, *, target_change: float = 0.3,
         def sweep(lambdas: np.ndarray):
             with torch.no_grad():
                 steps = torch.as_tensor(np.ascontiguousarray(lambdas), dtype=torch.float32, device=device)[:, None]
-                frames = model.decode(mu + steps * unit)
+                codes = mu + steps * unit
+                frames = _decode(model, codes, None if held is None else held.expand(len(codes), -1, -1, -1))
                 probs = _probabilities_of_images(model, frames, target_class, task)
             return frames[:, 0].float().cpu().numpy(), probs.float().cpu().numpy()
 
@@ -175,3 +191,71 @@ def counterfactual_gif(cf: Counterfactual, duration_ms: int = 150, scale: int = 
     labels = [f"p={p:.2f}" for p in cf.probabilities]
     return traversal_gif(cf.frames, duration_ms=duration_ms, scale=scale, bounce=True,
                          label=cf.class_name[:18], frame_labels=labels)
+
+
+def decision_counterfactuals(model, images, *, max_shift: float = 30.0, n_search: int = 61,
+                             detail: str = "image", batch_size: int = 16, task: str | None = None) -> dict:
+    """The latent-shift counterfactual *away from the model's decision*, for a batch of images.
+
+    For each image ``x`` with code ``mu`` and predicted class ``c = argmax head(mu)``, walk the
+    global code along the unit gradient that lowers ``p_c`` of the decoded, re-encoded frame
+    (``head(mu(D(z)))``, as :func:`latent_shift` with ``through="image"``) and stop at the first
+    grid point (``n_search`` points over ``0..max_shift``) where the model's decision on the
+    frame is no longer ``c``. The detail code (hierarchical models) is held at the image's own
+    value (``detail="image"``), at the prior mean (``"mean"``) or redrawn (``"resampled"``).
+
+    ``images``: N x 1 x S x S in [0, 1] (float tensor or array). Returns NumPy arrays:
+    ``reconstruction`` and ``counterfactual`` (N x S x S, both decoded, so the autoencoder's own
+    error is common to both), ``predicted`` (c), ``decision`` (the model's class on the final
+    frame), ``flipped`` (the decision changed within ``max_shift``) and ``shift`` (latent units)."""
+    import torch
+
+    require_classifier(model)
+    task = model_task(model, task)
+    if task == "multilabel":
+        raise InputError("a decision counterfactual needs one decision per image; multi-label models have one per "
+                         "finding (use latent_shift with a chosen finding)")
+    if not max_shift > 0 or n_search < 2:
+        raise InputError("max_shift must be positive and n_search at least 2")
+    device = model_device(model)
+    images = torch.as_tensor(np.asarray(images, dtype=np.float32) if not torch.is_tensor(images) else images)
+    was_training = model.training
+    model.eval()
+    grid = torch.linspace(0.0, float(max_shift), n_search, device=device)[1:]
+    out = {k: [] for k in ("reconstruction", "counterfactual", "predicted", "decision", "flipped", "shift")}
+    try:
+        for start in range(0, len(images), batch_size):
+            x = images[start:start + batch_size].to(device).float()
+            with torch.no_grad():
+                mu, detail_code = _encode_for_explanation(model, x, detail)
+                predicted = head_probabilities(model, mu, task).argmax(1)
+            z = mu.detach().clone().requires_grad_(True)
+            frames = _decode(model, z, detail_code)
+            rows = torch.arange(len(x), device=device)
+            frame_mu, _ = model.encode(frames)
+            p = head_probabilities(model, frame_mu, task)[rows, predicted]
+            (grad,) = torch.autograd.grad(p.sum(), z)
+            norms = grad.norm(dim=1, keepdim=True)
+            unit = torch.where(norms > 0, -grad / norms.clamp_min(1e-12), torch.zeros_like(grad))
+            with torch.no_grad():
+                recon = frames.detach()
+                b, steps = len(x), len(grid)
+                codes = (mu[:, None, :] + grid[None, :, None] * unit[:, None, :]).reshape(b * steps, -1)
+                held = None if detail_code is None else detail_code.repeat_interleave(steps, dim=0)
+                swept = _decode(model, codes, held)
+                decisions = head_probabilities(model, model.encode(swept)[0], task).argmax(1).reshape(b, steps)
+                changed = decisions != predicted[:, None]
+                flipped = changed.any(1)
+                # the first grid point where the decision changed, else the end of the walk
+                index = torch.where(flipped, changed.float().argmax(1), torch.full_like(predicted, steps - 1))
+                swept = swept.reshape(b, steps, *swept.shape[1:])
+                counterfactual = swept[rows, index]
+            out["reconstruction"].append(recon[:, 0].float().cpu())
+            out["counterfactual"].append(counterfactual[:, 0].float().cpu())
+            out["predicted"].append(predicted.cpu())
+            out["decision"].append(decisions[rows, index].cpu())
+            out["flipped"].append(flipped.cpu())
+            out["shift"].append(grid[index].cpu())
+    finally:
+        model.train(was_training)
+    return {k: torch.cat(v).numpy() for k, v in out.items()}

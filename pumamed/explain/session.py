@@ -156,9 +156,36 @@ class ExplorerSession:
                 logvars.append(self._to_numpy(logvar))
         return np.concatenate(mus), np.concatenate(logvars)
 
-    def decode(self, codes) -> np.ndarray:
+    @property
+    def has_detail(self) -> bool:
+        """A hierarchical model: a spatial detail code beside the global code (see the model)."""
+        return bool(getattr(self.config, "detail_channels", 0))
+
+    def detail_code(self, image, mode: str = "image", seed: int = 0) -> np.ndarray | None:
+        """The detail code (C x R x R) to hold while the global code of one S x S image is edited:
+        the image's own (``"image"``), a seeded draw from its posterior (``"resampled"``) or the
+        prior mean (``"mean"``, returned as None, which the decoder reads as zeros). None for a
+        model without a detail code."""
+        import torch
+
+        from pumamed.net.model import DETAIL_MODES
+
+        if mode not in DETAIL_MODES:
+            raise InputError(f"detail must be one of {', '.join(DETAIL_MODES)} (got {mode!r})")
+        if not self.has_detail or mode == "mean":
+            return None
+        x = self._images_to_tensor(image)
+        with torch.inference_mode():
+            _, _, d_mu, d_logvar = self.model.encode_all(x[:1])
+            if mode == "resampled":
+                noise = torch.from_numpy(np.random.default_rng(seed).standard_normal(d_mu.shape).astype(np.float32))
+                d_mu = d_mu + noise.to(d_mu.device) * torch.exp(0.5 * d_logvar)
+        return self._to_numpy(d_mu)[0]
+
+    def decode(self, codes, detail=None) -> np.ndarray:
         """Images (N x S x S) decoded from N x D codes, in as few decoder calls as the batch size
-        allows; codes decoded recently come from the cache."""
+        allows; codes decoded recently come from the cache. ``detail``: one detail code
+        (C x R x R, from :meth:`detail_code`) held for every code, or None (the prior mean)."""
         import torch
 
         array = np.ascontiguousarray(np.asarray(codes, dtype=np.float32))
@@ -167,7 +194,17 @@ class ExplorerSession:
         self._codes_to_tensor(array[:0] if array.ndim == 2 else array)  # shape check only
         if array.shape[0] == 0:
             raise InputError("no latent codes to decode")
-        keys = [row.tobytes() for row in array]
+        detail_tensor, detail_key = None, b""
+        if detail is not None and self.has_detail:
+            detail = np.ascontiguousarray(np.asarray(detail, dtype=np.float32))
+            expected = tuple(self.model.decoder.detail_shape)
+            if detail.shape != expected or not np.isfinite(detail).all():
+                raise InputError(f"the detail code must be a finite {expected} array (got shape {detail.shape})")
+            detail_tensor = torch.from_numpy(detail).to(self.device)[None]
+            import hashlib
+
+            detail_key = hashlib.blake2b(detail.tobytes(), digest_size=16).digest()
+        keys = [row.tobytes() + detail_key for row in array]
         with self._lock:
             cached = [self._decode_cache.get(k) for k in keys]
             for k, c in zip(keys, cached):
@@ -179,7 +216,9 @@ class ExplorerSession:
             outputs = []
             with torch.inference_mode():
                 for part in self._batches(z.shape[0]):
-                    outputs.append(self._to_numpy(self.model.decode(z[part]))[:, 0])
+                    held = None if detail_tensor is None else detail_tensor.expand(z[part].shape[0], -1, -1, -1)
+                    decoded_part = self.model.decode(z[part], held) if held is not None else self.model.decode(z[part])
+                    outputs.append(self._to_numpy(decoded_part)[:, 0])
             decoded = np.concatenate(outputs)
             with self._lock:
                 for i, image in zip(missing, decoded):
@@ -198,9 +237,14 @@ class ExplorerSession:
         outputs = []
         with torch.inference_mode():
             for part in self._batches(x.shape[0]):
-                mu, _ = self.model.encode(x[part])
-                outputs.append(self._to_numpy(self.model.decode(mu))[:, 0])
+                outputs.append(self._to_numpy(self._reconstruct(x[part]))[:, 0])
         return np.concatenate(outputs)
+
+    def _reconstruct(self, x):
+        """D(mu, detail_mu) for PumaMedNet (its own method); D(mu) for any other encode/decode model."""
+        if callable(getattr(self.model, "reconstruct", None)):
+            return self.model.reconstruct(x)
+        return self.model.decode(self.model.encode(x)[0])
 
     def analyse(self, image) -> ImageAnalysis:
         """Reconstruction, error map, loss-weight map and class probabilities of one S x S image."""
@@ -211,7 +255,7 @@ class ExplorerSession:
             raise InputError("analyse() takes one image")
         with torch.inference_mode():
             mu, logvar = self.model.encode(x)
-            recon = self.model.decode(mu)
+            recon = self._reconstruct(x)
             weights = None
             if self.has_weight_map:
                 try:
@@ -235,11 +279,12 @@ class ExplorerSession:
         )
 
     # ------------------------------------------------------------------ explanations
-    def traverse(self, z, dims, n_steps: int = 9, span: float = 3.0, scale=None):
-        """A k x m traversal grid from code ``z`` (see :func:`pumamed.explain.traversal.traverse`)."""
+    def traverse(self, z, dims, n_steps: int = 9, span: float = 3.0, scale=None, detail=None):
+        """A k x m traversal grid from code ``z`` (see :func:`pumamed.explain.traversal.traverse`),
+        with the detail code ``detail`` (from :meth:`detail_code`) held fixed."""
         from pumamed.explain.traversal import traverse
 
-        return traverse(self.decode, z, dims, n_steps=n_steps, span=span, scale=scale)
+        return traverse(lambda codes: self.decode(codes, detail), z, dims, n_steps=n_steps, span=span, scale=scale)
 
     def masked(self, image, mask, fill: str = "zero", baseline: str = "harmonic", seed: int = 0):
         """Masked reconstruction of one image vs a non-learned baseline (see :mod:`.masking`)."""

@@ -39,7 +39,7 @@ def evaluate_checkpoint(model_dir, dataset: str, split: str = "test", data_dir=N
     (this model minus that one) with a paired, class-stratified bootstrap 95 % interval under
     ``"difference"`` (``bootstrap`` replicates)."""
     from pumamed.config import select_device
-    from pumamed.net.metrics import classification_metrics, model_cost, paired_auc_bootstrap
+    from pumamed.net.metrics import classification_metrics, mean_with_interval, model_cost, paired_auc_bootstrap
 
     if against is not None and bootstrap < 100:  # checked before any model is run
         raise InputError("--bootstrap needs at least 100 replicates for a 95 % interval")
@@ -56,6 +56,12 @@ def evaluate_checkpoint(model_dir, dataset: str, split: str = "test", data_dir=N
             result.update({"auc": None, "accuracy": None, "balanced_accuracy": None})
         result["reconstruction_error"] = float(out["recon_mse"].mean()) if "recon_mse" in out else None
         result["reconstruction_metric"] = "mean squared error per pixel, images in [0, 1], z = mu"
+        if "recon_psnr" in out:
+            result["reconstruction"] = {
+                "psnr_db": mean_with_interval(out["recon_psnr"]),
+                "ssim": mean_with_interval(out["recon_ssim"]) if "recon_ssim" in out else None,
+                "of": "decoded posterior means (global code and any detail code at their means) against the "
+                      "inputs, images in [0, 1]; SSIM: 11-tap Gaussian window, sigma 1.5"}
         cost = model_cost(loaded.model, loaded.image_size, latency_repeats=latency_repeats)
         result.update({k: cost[k] for k in ("parameters", "flops", "cpu_latency_ms", "cpu_threads")})
         result["cost_of"] = ("classification path (encoder -> mu -> classifier)" if loaded.arch == "pumamednet"

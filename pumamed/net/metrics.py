@@ -127,20 +127,25 @@ def batched_outputs(model, images_uint8: torch.Tensor, device, batch_size: int =
     mean squared reconstruction error (PumaMedNet only)."""
     from pumamed.config import autocast
 
+    from pumamed.net.image_quality import SSIM_WINDOW, psnr, ssim
+
     model.eval()
-    probs, mus, logvars, errs = [], [], [], []
+    probs, mus, logvars, errs, psnrs, ssims = [], [], [], [], [], []
     is_vae = hasattr(model, "decode")
     has_head = getattr(model, "classifier", None) is not None or not is_vae
     for start in range(0, len(images_uint8), batch_size):
         x = images_uint8[start:start + batch_size].to(device).float().div_(255.0)
         with autocast(device):
             if is_vae:
-                mu, logvar = model.encode(x)
+                mu, logvar, detail_mu, _ = model.encode_all(x)
                 mus.append(mu.float().cpu())
                 logvars.append(logvar.float().cpu())
                 if want_recon:
-                    recon = model.decode(mu)
-                    errs.append((recon.float() - x).pow(2).flatten(1).mean(1).cpu())
+                    recon = model.decode(mu, detail_mu).float()
+                    errs.append((recon - x).pow(2).flatten(1).mean(1).cpu())
+                    psnrs.append(psnr(recon, x).cpu())
+                    if min(x.shape[-2:]) >= SSIM_WINDOW:
+                        ssims.append(ssim(recon, x).cpu())
                 if has_head:
                     from pumamed.net.model import logits_to_proba
 
@@ -155,7 +160,33 @@ def batched_outputs(model, images_uint8: torch.Tensor, device, batch_size: int =
         out["logvar"] = torch.cat(logvars).numpy()
     if errs:
         out["recon_mse"] = torch.cat(errs).numpy()
+        out["recon_psnr"] = torch.cat(psnrs).numpy()
+    if ssims:
+        out["recon_ssim"] = torch.cat(ssims).numpy()
     return out
+
+
+def mean_with_interval(values) -> dict:
+    """Mean and a normal-approximation 95 % interval of the mean (per-image figures over a split)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return {"mean": None, "ci95": None, "n": 0}
+    mean = float(values.mean())
+    half = 1.96 * float(values.std(ddof=1)) / math.sqrt(values.size) if values.size > 1 else float("nan")
+    return {"mean": mean, "ci95": [mean - half, mean + half] if math.isfinite(half) else None, "n": int(values.size)}
+
+
+def proportion_with_interval(hits) -> dict:
+    """A share with its Wilson 95 % interval (well behaved near 0 and 1, unlike the normal one)."""
+    hits = np.asarray(hits, dtype=bool)
+    n = int(hits.size)
+    if n == 0:
+        return {"share": None, "ci95": None, "n": 0}
+    p, z = float(hits.mean()), 1.96
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return {"share": p, "ci95": [max(0.0, centre - half), min(1.0, centre + half)], "n": n}
 
 
 def classification_path(model) -> torch.nn.Module:

@@ -44,6 +44,7 @@ WEIGHT_MAP_KINDS = ("learned", "error", "none")
 DECODERS = ("transposed", "upsample")
 # What a config.json written before a field existed meant by it (first release: no such keys).
 LEGACY_DEFAULTS = {"decoder": "upsample", "weight_net_downsample": 2}
+DETAIL_MODES = ("image", "mean", "resampled")  # what the detail code is when the global code is edited
 
 
 @dataclass
@@ -66,6 +67,15 @@ class PumaMedNetConfig:
     classifier_hidden: int = 0  # 0: linear head on mu; >0: one hidden layer MLP
     class_names: list[str] = field(default_factory=list)
     aux_heads: dict[str, int] = field(default_factory=dict)  # name -> outputs, for weak supervision
+    # Hierarchical latent (0: none, the single global code of the first releases): a spatial
+    # detail code of detail_channels maps, detail_resolution px wide, with its own KL. The global
+    # code (mu) still explains and classifies; the detail code carries the texture the global
+    # code cannot. During training it is replaced by its prior mean (zeros) for a detail_dropout
+    # share of the images, so the decoder must draw the anatomy and the lesion from the global
+    # code alone as well, and an edit of the global code still changes the picture.
+    detail_channels: int = 0
+    detail_resolution: int = 16
+    detail_dropout: float = 0.5
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -90,6 +100,16 @@ class PumaMedNetConfig:
                              f"{self.num_classes}")
         if self.decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {self.decoder!r}")
+        if self.detail_channels:
+            feature_sizes = [self.image_size // 2 ** k for k in range(2, len(self.widths) + 1)]
+            if not 1 <= self.detail_channels <= 64 or self.detail_resolution not in feature_sizes:
+                raise ValueError(f"detail_channels must be 1-64 and detail_resolution one of the encoder's feature-map "
+                                 f"sizes {feature_sizes} below the stem, got {self.detail_channels} x "
+                                 f"{self.detail_resolution}")
+            if self.decoder != "transposed":
+                raise ValueError("a detail code needs the transposed decoder")
+            if not 0.0 <= self.detail_dropout < 1.0:
+                raise ValueError(f"detail_dropout must be in [0, 1), got {self.detail_dropout}")
         if self.weight_net_downsample not in (1, 2, 4, 8) or self.weight_net_downsample > self.image_size // 4:
             raise ValueError(f"weight_net_downsample must be 1, 2, 4 or 8 (at most image_size / 4), "
                              f"got {self.weight_net_downsample!r}")
@@ -128,6 +148,8 @@ class VAEOutput(NamedTuple):
     mu: torch.Tensor
     logvar: torch.Tensor
     z: torch.Tensor
+    detail_mu: torch.Tensor | None = None  # B x C_d x R x R (hierarchical models only)
+    detail_logvar: torch.Tensor | None = None
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -234,22 +256,42 @@ class Encoder(nn.Module):
         self.stem = nn.Conv2d(cfg.in_channels, w[0], 3, stride=2, padding=1)
         layers = []
         size = cfg.image_size // 2
+        self.detail_after = -1  # index in body after which the map is detail_resolution wide
         for c_in, c_out in zip(w[:-1], w[1:]):
             size //= 2
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), _norm(c_out, cfg.groups), nn.SiLU(),
                        ResidualBlock(c_out, cfg.groups)]
             if cfg.attention_resolution and size == cfg.attention_resolution:
                 layers.append(SelfAttention2d(c_out, cfg.attention_heads, cfg.groups))
+            if cfg.detail_channels and size == cfg.detail_resolution:
+                self.detail_after = len(layers) - 1
+                self.to_detail = nn.Sequential(_norm(c_out, cfg.groups), nn.SiLU(),
+                                               nn.Conv2d(c_out, 2 * cfg.detail_channels, 3, padding=1))
         self.body = nn.Sequential(*layers)
         self.out_norm = _norm(w[-1], cfg.groups)
         flat = w[-1] * cfg.bottleneck_size ** 2
         self.to_latent = nn.Linear(flat, 2 * cfg.latent_dim)
 
-    def forward(self, x):
-        h = self.body(self.stem(x))
+    def forward_all(self, x):
+        """(mu, logvar, detail_mu, detail_logvar); the detail pair is None without a detail code."""
+        h = self.stem(x)
+        detail = None
+        for index, layer in enumerate(self.body):
+            h = layer(h)
+            if index == self.detail_after:
+                d_mu, d_logvar = self.to_detail(h).chunk(2, dim=1)
+                detail = (d_mu, d_logvar.clamp(-12.0, 8.0))
         h = F.silu(self.out_norm(h)).flatten(1)
         mu, logvar = self.to_latent(h).chunk(2, dim=1)
-        return mu, logvar.clamp(-12.0, 8.0)
+        return (mu, logvar.clamp(-12.0, 8.0)) + (detail if detail is not None else (None, None))
+
+    def forward(self, x):
+        if self.detail_after < 0:
+            h = self.body(self.stem(x))
+            h = F.silu(self.out_norm(h)).flatten(1)
+            mu, logvar = self.to_latent(h).chunk(2, dim=1)
+            return mu, logvar.clamp(-12.0, 8.0)
+        return self.forward_all(x)[:2]
 
 
 class Decoder(nn.Module):
@@ -258,6 +300,8 @@ class Decoder(nn.Module):
         w = cfg.widths[::-1]
         self.start_shape = (w[0], cfg.bottleneck_size, cfg.bottleneck_size)
         self.from_latent = nn.Linear(cfg.latent_dim, w[0] * cfg.bottleneck_size ** 2)
+        self.detail_at = -1  # index in body whose output receives the detail code (-1: none)
+        self.detail_shape = (cfg.detail_channels, cfg.detail_resolution, cfg.detail_resolution)
         if cfg.decoder == "upsample":
             self._build_upsample(cfg, w)
             return
@@ -268,6 +312,12 @@ class Decoder(nn.Module):
                 layers.append(SelfAttention2d(c_in, cfg.attention_heads, cfg.groups))
             size *= 2
             layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), _norm(c_out, cfg.groups), nn.SiLU()]
+            if cfg.detail_channels and size == cfg.detail_resolution:
+                # the detail code enters here and one residual block mixes it with the global
+                # code's features before the upsampling stages draw them
+                self.detail_at = len(layers) - 1
+                self.from_detail = nn.Conv2d(cfg.detail_channels, c_out, 3, padding=1)
+                layers.append(ResidualBlock(c_out, cfg.groups))
         if cfg.attention_resolution and size == cfg.attention_resolution:
             layers.append(SelfAttention2d(w[-1], cfg.attention_heads, cfg.groups))
         self.body = nn.Sequential(*layers)
@@ -287,9 +337,15 @@ class Decoder(nn.Module):
         self.body = nn.Sequential(*layers)
         self.to_image = nn.Conv2d(w[-1], cfg.in_channels, 3, padding=1)
 
-    def forward(self, z):
+    def forward(self, z, detail=None):
         h = self.from_latent(z).reshape(z.shape[0], *self.start_shape)
-        return torch.sigmoid(self.to_image(self.body(h)))
+        if self.detail_at < 0:
+            return torch.sigmoid(self.to_image(self.body(h)))
+        for index, layer in enumerate(self.body):
+            h = layer(h)
+            if index == self.detail_at and detail is not None:
+                h = h + self.from_detail(detail.to(h.dtype))
+        return torch.sigmoid(self.to_image(h))
 
 
 class WeightNet(nn.Module):
@@ -358,9 +414,39 @@ class PumaMedNet(nn.Module):
         """x: Bx1xSxS in [0, 1] -> (mu, logvar), each B x latent_dim."""
         return self.encoder(x)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z: B x latent_dim -> Bx1xSxS in [0, 1]."""
-        return self.decoder(z)
+    def decode(self, z: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
+        """z: B x latent_dim (and, for a hierarchical model, the detail code B x C_d x R x R;
+        None means its prior mean, zeros) -> Bx1xSxS in [0, 1]."""
+        return self.decoder(z, detail)
+
+    @property
+    def has_detail(self) -> bool:
+        return self.config.detail_channels > 0
+
+    def encode_all(self, x: torch.Tensor):
+        """(mu, logvar, detail_mu, detail_logvar); the detail pair is None without a detail code."""
+        if not self.has_detail:
+            return (*self.encoder(x), None, None)
+        return self.encoder.forward_all(x)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior-mean reconstruction D(mu, detail_mu): what the pages show as 'the model's
+        picture of this image'."""
+        mu, _, d_mu, _ = self.encode_all(x)
+        return self.decode(mu, d_mu)
+
+    def encode_for_explanation(self, x: torch.Tensor, detail: str = "image"):
+        """(mu, detail code to hold while the global code is edited): the image's own detail
+        (``"image"``), the prior mean (``"mean"``: None) or a draw from its posterior
+        (``"resampled"``); None for models without a detail code."""
+        if detail not in DETAIL_MODES:
+            raise ValueError(f"detail must be one of {DETAIL_MODES}, got {detail!r}")
+        mu, _, d_mu, d_logvar = self.encode_all(x)
+        if d_mu is None or detail == "mean":
+            return mu, None
+        if detail == "resampled":
+            return mu, self.reparameterize(d_mu, d_logvar)
+        return mu, d_mu
 
     @staticmethod
     def reparameterize(mu, logvar):
@@ -368,10 +454,13 @@ class PumaMedNet(nn.Module):
 
     def forward(self, x: torch.Tensor, sample: bool | None = None) -> VAEOutput:
         """Encode, sample z (training) or take z = mu (eval, unless ``sample``), decode."""
-        mu, logvar = self.encode(x)
+        mu, logvar, d_mu, d_logvar = self.encode_all(x)
         sample = self.training if sample is None else sample
         z = self.reparameterize(mu, logvar) if sample else mu
-        return VAEOutput(self.decode(z), mu, logvar, z)
+        detail = None
+        if d_mu is not None:
+            detail = self.reparameterize(d_mu, d_logvar) if sample else d_mu
+        return VAEOutput(self.decode(z, detail), mu, logvar, z, d_mu, d_logvar)
 
     # --- the attention map of the reconstruction loss ----------------------------------------
     def weight_logits(self, x: torch.Tensor) -> torch.Tensor | None:

@@ -38,6 +38,9 @@ class RunSpec:
     architecture_given: tuple[str, ...] = ()  # latent / widths / weight_map set by the user (checked against --init)
     attention_resolution: int = 8
     classifier_hidden: int = 0
+    detail_channels: int = 0  # > 0: a hierarchical model with a spatial detail code (see the model)
+    detail_resolution: int = 16
+    detail_dropout: float = 0.5
     init: Path | None = None
     teacher: tuple[Path, ...] = ()  # trained classifiers (e.g. ResNet-18 baselines) to distil from, as one ensemble
     resume: bool = False
@@ -205,15 +208,15 @@ def build_model(spec: RunSpec, train: ArrayData):
     try:
         if train.task == "mix":
             aux = {"mix": int(train.labels.shape[1])} if spec.train.aux_weight > 0 else {}
-            cfg = PumaMedNetConfig(image_size=spec.size, latent_dim=spec.latent, widths=spec.widths,
-                                   attention_resolution=spec.attention_resolution,
-                                   weight_map=spec.weight_map, decoder=spec.decoder, aux_heads=aux)
+            head = dict(aux_heads=aux)
         else:
-            cfg = PumaMedNetConfig(image_size=spec.size, latent_dim=spec.latent, widths=spec.widths,
-                                   attention_resolution=spec.attention_resolution,
-                                   weight_map=spec.weight_map, decoder=spec.decoder,
-                                   num_classes=len(train.class_names), task=train.task,
-                                   class_names=list(train.class_names), classifier_hidden=spec.classifier_hidden)
+            head = dict(num_classes=len(train.class_names), task=train.task, class_names=list(train.class_names),
+                        classifier_hidden=spec.classifier_hidden)
+        cfg = PumaMedNetConfig(image_size=spec.size, latent_dim=spec.latent, widths=spec.widths,
+                               attention_resolution=spec.attention_resolution,
+                               weight_map=spec.weight_map, decoder=spec.decoder,
+                               detail_channels=spec.detail_channels, detail_resolution=spec.detail_resolution,
+                               detail_dropout=spec.detail_dropout, **head)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     return PumaMedNet(cfg)
@@ -249,7 +252,8 @@ def run(spec: RunSpec, log=print) -> dict:
                 f"the latent projections (encoder.to_latent, decoder.from_latent) start fresh")
         pretrained = {"latent": int(init_model_cfg.get("latent_dim", spec.latent)),
                       "widths": tuple(init_model_cfg.get("widths", spec.widths)),
-                      "weight_map": init_model_cfg.get("weight_map", spec.weight_map)}
+                      "weight_map": init_model_cfg.get("weight_map", spec.weight_map),
+                      "detail_channels": int(init_model_cfg.get("detail_channels", 0))}
         if init_size != spec.size and "latent" in spec.architecture_given:
             # the latent projections start fresh at a new size anyway, so --latent is free there
             pretrained["latent"] = spec.latent
@@ -260,6 +264,12 @@ def run(spec: RunSpec, log=print) -> dict:
             raise InputError("--init fixes the architecture, and " + "; ".join(conflicts) + " differs: leave "
                              "these options out, or pretrain with them")
         spec.latent, spec.widths, spec.weight_map = pretrained["latent"], pretrained["widths"], pretrained["weight_map"]
+        spec.detail_channels = pretrained["detail_channels"]
+        if spec.detail_channels:
+            # the detail code sits at the same stage of the network at any image size
+            init_resolution = int(init_model_cfg.get("detail_resolution", 16))
+            spec.detail_resolution = init_resolution * spec.size // init_size
+            spec.detail_dropout = float(init_model_cfg.get("detail_dropout", spec.detail_dropout))
         if spec.decoder is None:
             spec.decoder = init_loaded.model.config.decoder
 

@@ -32,6 +32,7 @@ from torch import nn
 from pumamed.errors import CheckpointError, InputError
 from pumamed.net import checkpoint as ckpt
 from pumamed.net.data import ArrayData, DenoisingDataset
+from pumamed.net.image_quality import ssim
 from pumamed.net.losses import (
     classification_loss,
     distillation_loss,
@@ -77,6 +78,10 @@ class TrainConfig:
     # > 0: validate and save an exponential moving average of the weights with this decay per step
     # (0.99-0.999); on a few hundred images the epoch-to-epoch noise of the raw weights is large
     ema: float = 0.0
+    detail_beta: float = 1.0  # weight of the detail code's KL (hierarchical models), warmed up with beta
+    # > 0: adds ssim_weight * pixels * (1 - SSIM(recon, target)) per image to the weighted squared
+    # error, so structure (edges, texture) counts beside intensity
+    ssim_weight: float = 0.0
     keep_resume_state: bool = False  # keep out/resume after a finished run
     progress: bool = True
 
@@ -199,15 +204,29 @@ class TrainingObjective(nn.Module):
         if not self.is_vae:
             return self.classification_term(self.model(target), label, target, stats), stats
         model = self.model
-        mu, logvar = model.encode(source)
+        mu, logvar, detail_mu, detail_logvar = model.encode_all(source)
         z = model.reparameterize(mu, logvar) if cfg.sample_latent else mu
-        recon = model.decode(z)
+        detail = None
+        if detail_mu is not None:
+            detail = model.reparameterize(detail_mu, detail_logvar) if cfg.sample_latent else detail_mu
+            detail = drop_detail(detail, model.config.detail_dropout)
+        recon = model.decode(z, detail)
         weights, weight_net_loss = weight_map(model, target, recon)
         rec = weighted_reconstruction(recon, target, weights)
+        if cfg.ssim_weight > 0:
+            pixels = target[0].numel()
+            structure = cfg.ssim_weight * pixels * (1.0 - ssim(recon.float(), target.float())).mean()
+            rec = rec + structure
+            stats["ssim_loss"] = structure.detach()
         kl_dims = kl_per_dim(mu.float(), logvar.float())
         kl = kl_dims.sum(1).mean()
         kl_term = beta_t * (kl - capacity_t).abs() if cfg.capacity > 0 else beta_t * kl
         loss = cfg.recon_weight * rec + kl_term
+        if detail_mu is not None:
+            kl_detail = kl_per_dim(detail_mu.float().flatten(1), detail_logvar.float().flatten(1)).sum(1).mean()
+            warm = beta_t / cfg.beta if cfg.beta > 0 else 1.0  # the same warm-up as the global KL
+            loss = loss + cfg.detail_beta * warm * kl_detail
+            stats["kl_detail"] = kl_detail.detach()
         stats.update(recon=rec.detach(), kl=kl.detach(), kl_dims=kl_dims.detach().mean(0),
                      mse=(recon.detach().float() - target).pow(2).mean())
         if weight_net_loss is not None:
@@ -221,6 +240,15 @@ class TrainingObjective(nn.Module):
             loss = loss + cfg.aux_weight * aux
             stats["aux"] = aux.detach()
         return loss, stats
+
+
+def drop_detail(detail: torch.Tensor, rate: float) -> torch.Tensor:
+    """The detail code with a ``rate`` share of the images' codes replaced by the prior mean
+    (zeros), drawn per image; masked rather than indexed, so the shapes never depend on data."""
+    if rate <= 0:
+        return detail
+    keep = (torch.rand(detail.shape[0], 1, 1, 1, device=detail.device) >= rate).to(detail.dtype)
+    return detail * keep
 
 
 def learning_rate(step: int, total: int, base: float, warmup_fraction: float) -> float:
