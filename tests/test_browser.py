@@ -1,6 +1,7 @@
-"""A real headless Chromium opens every registered page of ``streamlit run app.py``.
+"""A real headless Chromium opens every registered page of ``streamlit run app.py``, twice: on the
+demo pack (no data directory: what a fresh clone serves) and on the full data (``PUMAMED_DATA_DIR``).
 
-Fails on any Streamlit exception box shown. Screenshots are kept in
+Fails on any Streamlit exception box shown, and on a "not found" message. Screenshots are kept in
 ``tests/artifacts/screenshots/`` (or ``$PUMAMED_SCREENSHOT_DIR``) for people to look at.
 The page list comes from the router's registry, so new pages are covered automatically.
 """
@@ -43,11 +44,22 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(request):
+    """A ``streamlit run app.py`` server on the data source ``request.param`` (``pack``: no
+    PUMAMED_DATA_DIR, run from the repository, whose data/ holds only its README; ``full``: the
+    real data directory)."""
+    source = getattr(request, "param", "full")
     port = _free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if source == "pack":
+        env.pop("PUMAMED_DATA_DIR", None)
+    elif not Path(env.get("PUMAMED_DATA_DIR", "/nonexistent")).is_dir():
+        message = "the full data directory (PUMAMED_DATA_DIR) is not set or absent"
+        if os.environ.get("CI"):
+            pytest.fail(message + " -- CI must run the browser test on the full data")
+        pytest.skip(message)
     (ROOT / "tests" / "artifacts").mkdir(parents=True, exist_ok=True)
-    log = open(ROOT / "tests" / "artifacts" / "streamlit_server.log", "w")
+    log = open(ROOT / "tests" / "artifacts" / f"streamlit_server_{source}.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
          f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",
@@ -62,12 +74,12 @@ def server():
                 break
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError("streamlit exited early; see tests/artifacts/streamlit_server.log")
+                raise RuntimeError(f"streamlit exited early; see tests/artifacts/streamlit_server_{source}.log")
             time.sleep(0.5)
     else:
         proc.kill()
         raise RuntimeError("streamlit did not start within 90 s")
-    yield url
+    yield url, source
     proc.terminate()
     try:
         proc.wait(timeout=15)
@@ -131,9 +143,16 @@ def wait_for_charts(page, timeout_s: float = 60) -> None:
     time.sleep(1.0)
 
 
+# The full data in both modes; the pack in the normal mode only (presentation mode changes the
+# layout, not the data, and each browser pass costs minutes on a 2-core machine).
+VARIANTS = [("full", False), ("full", True), ("pack", False)]
+
+
 @pytest.mark.parametrize("spec", PAGES, ids=[p.url_path for p in PAGES])
-@pytest.mark.parametrize("presentation", [False, True], ids=["normal", "presentation"])
+@pytest.mark.parametrize("server,presentation", VARIANTS, ids=["full-normal", "full-presentation", "pack-normal"],
+                         indirect=["server"])
 def test_page_opens_without_exception(server, browser, spec, presentation):
+    server, source = server
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     context = browser.new_context(viewport={"width": 1440, "height": 1000})
     page = context.new_page()
@@ -149,13 +168,15 @@ def test_page_opens_without_exception(server, browser, spec, presentation):
             page.get_by_text("Presentation mode").first.click(timeout=60_000, no_wait_after=True)
             wait_for_script_idle(page)
         wait_for_charts(page)
-        name = f"{spec.url_path}{'_presentation' if presentation else ''}.png"
+        name = f"{spec.url_path}{'_presentation' if presentation else ''}{'_pack' if source == 'pack' else ''}.png"
         page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
         exceptions = page.locator('[data-testid="stException"]')
         texts = [exceptions.nth(i).inner_text()[:500] for i in range(exceptions.count())]
         assert not texts, f"exception shown on {spec.title}: {texts}"
         body = page.locator('[data-testid="stMain"], section.main').first.inner_text()
         assert spec.title.split()[0].lower() in body.lower() or len(body) > 40, "page looks empty"
+        assert "not found" not in body.lower(), f"{spec.title} on the {source} data says something is missing"
+        assert ("Demo sample (" in body) == (source == "pack"), f"demo banner wrong on the {source} data"
     finally:
         context.close()
     assert not page_errors, f"JavaScript errors on {spec.title}: {page_errors}"
