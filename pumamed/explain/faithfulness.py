@@ -48,6 +48,7 @@ def judge_probabilities(judge, images, device, batch_size: int = 64):
     from pumamed.config import autocast
 
     size = int(judge.config.image_size)
+    device = torch.device(device)
     images = torch.as_tensor(np.asarray(images, dtype=np.float32)) if not torch.is_tensor(images) else images
     if images.dim() == 3:
         images = images[:, None]
@@ -102,6 +103,35 @@ def stratified_subset(labels: np.ndarray, limit: int | None, seed: int = 0) -> n
     return np.sort(np.concatenate(chosen))[:max(limit, len(chosen))]
 
 
+def score_faithfulness(model, judge, images, labels, task: str, class_names, device, batch_size: int = 64):
+    """(faithfulness block, judge probabilities on the originals, on the reconstructions).
+
+    ``model``: anything with ``reconstruct(x)`` (a PumaMedNet); ``images``: N x 1 x S x S float
+    tensor in [0, 1]; ``judge``: a classifier with ``predict_proba`` and ``config.image_size``."""
+    import torch
+
+    from pumamed.net.metrics import classification_metrics
+
+    with torch.no_grad():
+        reconstructions = torch.cat([model.reconstruct(images[s:s + batch_size].to(device)).float().cpu()
+                                     for s in range(0, len(images), batch_size)])
+    proba_original = judge_probabilities(judge, images, device, batch_size)
+    proba_recon = judge_probabilities(judge, reconstructions, device, batch_size)
+    on_original = classification_metrics(labels, proba_original, task, class_names)
+    on_recon = classification_metrics(labels, proba_recon, task, class_names)
+    auc_o, auc_r = on_original["auc"]["macro"], on_recon["auc"]["macro"]
+    block = {
+        "n": int(len(labels)), "auc_original": auc_o, "auc_reconstruction": auc_r,
+        "ratio": faithfulness_ratio(auc_r, auc_o),
+        "per_class_auc_original": on_original["auc"]["per_class"],
+        "per_class_auc_reconstruction": on_recon["auc"]["per_class"],
+        "judge_agreement": float((decisions(proba_original, task) == decisions(proba_recon, task)).mean())
+        if task != "multilabel" else None,
+        "definition": "(AUC_recon - 0.5) / (AUC_orig - 0.5), macro AUC of the judge",
+    }
+    return block, proba_original, proba_recon
+
+
 def faithfulness_report(model_dir, dataset: str, judge_dir, split: str = "test", data_dir=None, device=None,
                         batch_size: int = 64, counterfactual_limit: int | None = None, max_shift: float = 30.0,
                         n_search: int = 61, detail: str = "image", seed: int = 0) -> dict:
@@ -114,7 +144,7 @@ def faithfulness_report(model_dir, dataset: str, judge_dir, split: str = "test",
     from pumamed.net.checkpoint import load_model
     from pumamed.net.data import from_imaging_dataset
     from pumamed.net.image_quality import ssim
-    from pumamed.net.metrics import classification_metrics, mean_with_interval, proportion_with_interval
+    from pumamed.net.metrics import mean_with_interval, proportion_with_interval
 
     if counterfactual_limit is not None and counterfactual_limit < 1:
         raise InputError("the counterfactual limit must be at least 1 image")
@@ -134,27 +164,10 @@ def faithfulness_report(model_dir, dataset: str, judge_dir, split: str = "test",
     model, judge, task = loaded.model.eval(), judge_loaded.model.eval(), data.task
     labels = data.labels.numpy()
     images = data.images.float().div_(255.0)
-
-    with torch.no_grad():
-        reconstructions = torch.cat([model.reconstruct(images[s:s + batch_size].to(device)).float().cpu()
-                                     for s in range(0, len(images), batch_size)])
-    proba_original = judge_probabilities(judge, images, device, batch_size)
-    proba_recon = judge_probabilities(judge, reconstructions, device, batch_size)
-    on_original = classification_metrics(labels, proba_original, task, data.class_names)
-    on_recon = classification_metrics(labels, proba_recon, task, data.class_names)
-    auc_o, auc_r = on_original["auc"]["macro"], on_recon["auc"]["macro"]
-    report = {
-        "faithfulness": {
-            "judge": str(judge_dir), "judge_arch": judge_loaded.arch, "judge_image_size": judge_loaded.image_size,
-            "n": int(len(labels)), "auc_original": auc_o, "auc_reconstruction": auc_r,
-            "ratio": faithfulness_ratio(auc_r, auc_o),
-            "per_class_auc_original": on_original["auc"]["per_class"],
-            "per_class_auc_reconstruction": on_recon["auc"]["per_class"],
-            "judge_agreement": float((decisions(proba_original, task) == decisions(proba_recon, task)).mean())
-            if task != "multilabel" else None,
-            "definition": "(AUC_recon - 0.5) / (AUC_orig - 0.5), macro AUC of the judge",
-        }
-    }
+    block, proba_original, proba_recon = score_faithfulness(model, judge, images, labels, task, data.class_names,
+                                                            device, batch_size)
+    report = {"faithfulness": {"judge": str(judge_dir), "judge_arch": judge_loaded.arch,
+                               "judge_image_size": judge_loaded.image_size, **block}}
     if task == "multilabel":
         report["counterfactuals"] = {"skipped": "a decision counterfactual needs one decision per image; "
                                                 "this dataset is multi-label"}

@@ -315,9 +315,11 @@ class Decoder(nn.Module):
             if cfg.detail_channels and size == cfg.detail_resolution:
                 # the detail code enters here and one residual block mixes it with the global
                 # code's features before the upsampling stages draw them
+                # (kept out of body, so body's layer names match a model without a detail code
+                # and its weights transfer with --init)
                 self.detail_at = len(layers) - 1
                 self.from_detail = nn.Conv2d(cfg.detail_channels, c_out, 3, padding=1)
-                layers.append(ResidualBlock(c_out, cfg.groups))
+                self.detail_mix = ResidualBlock(c_out, cfg.groups)
         if cfg.attention_resolution and size == cfg.attention_resolution:
             layers.append(SelfAttention2d(w[-1], cfg.attention_heads, cfg.groups))
         self.body = nn.Sequential(*layers)
@@ -343,8 +345,10 @@ class Decoder(nn.Module):
             return torch.sigmoid(self.to_image(self.body(h)))
         for index, layer in enumerate(self.body):
             h = layer(h)
-            if index == self.detail_at and detail is not None:
-                h = h + self.from_detail(detail.to(h.dtype))
+            if index == self.detail_at:
+                if detail is None:  # the prior mean, as the training's detail dropout feeds it
+                    detail = h.new_zeros(h.shape[0], *self.detail_shape)
+                h = self.detail_mix(h + self.from_detail(detail.to(h.dtype)))
         return torch.sigmoid(self.to_image(h))
 
 

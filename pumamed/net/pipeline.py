@@ -73,11 +73,13 @@ def transfer_weights(target: torch.nn.Module, source: torch.nn.Module, *, new_si
 
     Every encoder tensor must transfer, except, with ``new_size`` (fine-tuning at another image
     size than the pretraining), the latent projection, whose input is the flattened bottleneck:
-    convolution filters do not depend on the image size."""
+    convolution filters do not depend on the image size. A detail code added to a model that had
+    none (its encoder head, ``encoder.to_detail``) starts fresh too."""
     src = source.state_dict()
     own = target.state_dict()
     copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(("classifier", "aux_heads"))]
-    encoder = [k for k in own if k.startswith("encoder.") and not (new_size and k.startswith(SIZE_DEPENDENT))]
+    encoder = [k for k in own if k.startswith("encoder.") and not (new_size and k.startswith(SIZE_DEPENDENT))
+               and not (k.startswith("encoder.to_detail.") and not any(n.startswith("encoder.to_detail.") for n in src))]
     missing = [k for k in encoder if k not in copied]
     if missing:
         raise CheckpointError(f"the --init model does not fit: {len(missing)} encoder tensors differ "
@@ -254,6 +256,8 @@ def run(spec: RunSpec, log=print) -> dict:
                       "widths": tuple(init_model_cfg.get("widths", spec.widths)),
                       "weight_map": init_model_cfg.get("weight_map", spec.weight_map),
                       "detail_channels": int(init_model_cfg.get("detail_channels", 0))}
+        if not pretrained["detail_channels"] and "detail_channels" in spec.architecture_given:
+            pretrained["detail_channels"] = spec.detail_channels  # a new detail code may be added to any model
         if init_size != spec.size and "latent" in spec.architecture_given:
             # the latent projections start fresh at a new size anyway, so --latent is free there
             pretrained["latent"] = spec.latent
@@ -264,8 +268,13 @@ def run(spec: RunSpec, log=print) -> dict:
             raise InputError("--init fixes the architecture, and " + "; ".join(conflicts) + " differs: leave "
                              "these options out, or pretrain with them")
         spec.latent, spec.widths, spec.weight_map = pretrained["latent"], pretrained["widths"], pretrained["weight_map"]
-        spec.detail_channels = pretrained["detail_channels"]
-        if spec.detail_channels:
+        init_detail = int(init_model_cfg.get("detail_channels", 0))
+        if "detail_channels" not in spec.architecture_given:
+            spec.detail_channels = init_detail
+        elif spec.detail_channels and not init_detail:
+            log(f"adding a detail code ({spec.detail_channels} x {spec.detail_resolution} px) to the pretrained "
+                f"model: its encoder head and decoder input start fresh")
+        if spec.detail_channels and init_detail:
             # the detail code sits at the same stage of the network at any image size
             init_resolution = int(init_model_cfg.get("detail_resolution", 16))
             spec.detail_resolution = init_resolution * spec.size // init_size

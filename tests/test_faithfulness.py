@@ -1,0 +1,189 @@
+"""Faithfulness of PumaMedNet's pictures (``evaluate --judge``): every metric on a case whose
+answer is known, on real images, then the command end to end.
+
+* PSNR and SSIM against scikit-image's reference implementation;
+* the judge's faithfulness ratio: 1 for an identity "reconstruction", 0 for a constant image;
+* decision counterfactuals: the walk stops where the model's decision changed, and the detail
+  code of a hierarchical model is held at the image's own value;
+* lesion localisation on masks with a known ratio.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pumamed.cli import main
+from pumamed.explain.faithfulness import (
+    faithfulness_ratio,
+    lesion_localisation,
+    score_faithfulness,
+    stratified_subset,
+)
+from pumamed.net.image_quality import psnr, ssim
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SIZE = 32
+TINY_CLI = ["--size", str(SIZE), "--widths", "8,16,32", "--latent", "8", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def brain_images(imaging_root):
+    from pumamed.imaging import load_dataset
+
+    ds = load_dataset("brain_tumor_mri", split="val", size=64)
+    return torch.from_numpy(ds.uint8_images()[:12].astype(np.float32) / 255.0)[:, None]
+
+
+@pytest.fixture(scope="module")
+def chest_judge(imaging_root):
+    """The shipped chest model (PneumoniaMNIST, validation AUC 0.99) as a judge with real skill."""
+    from pumamed.config import models_dir
+    from pumamed.net.checkpoint import load_model
+
+    return load_model(models_dir() / "chest", device="cpu")
+
+
+def test_ssim_and_psnr_match_scikit_image_on_real_images(brain_images):
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    rng = np.random.default_rng(0)
+    noisy = (brain_images + torch.from_numpy(rng.normal(0, 0.05, brain_images.shape).astype(np.float32))).clamp(0, 1)
+    blurred = torch.nn.functional.avg_pool2d(brain_images, 3, stride=1, padding=1)
+    for other in (noisy, blurred):
+        ours_ssim, ours_psnr = ssim(other, brain_images).numpy(), psnr(other, brain_images).numpy()
+        for k in range(len(brain_images)):
+            a, b = brain_images[k, 0].double().numpy(), other[k, 0].double().numpy()
+            reference = structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                              use_sample_covariance=False)
+            assert ours_ssim[k] == pytest.approx(reference, abs=2e-4)
+            assert ours_psnr[k] == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1.0), abs=1e-3)
+    assert torch.allclose(ssim(brain_images, brain_images), torch.ones(len(brain_images)), atol=1e-5)
+    assert float(psnr(brain_images, brain_images)[0]) == pytest.approx(100.0)  # capped, not infinite
+    unrelated = torch.from_numpy(rng.random(brain_images.shape).astype(np.float32))
+    assert float(ssim(unrelated, brain_images).mean()) < 0.1
+
+
+def test_the_ratio_is_one_for_identity_and_zero_for_a_constant_picture(chest_judge):
+    from pumamed.imaging import load_dataset
+
+    ds = load_dataset("pneumoniamnist", split="val", size=64)
+    keep = stratified_subset(ds.labels, 120, seed=0)
+    images = torch.from_numpy(ds.uint8_images()[keep].astype(np.float32) / 255.0)[:, None]
+    labels = np.asarray(ds.labels)[keep]
+    judge = chest_judge.model
+
+    class Identity(torch.nn.Module):  # an autoencoder that keeps every pixel
+        def reconstruct(self, x):
+            return x
+
+    class Constant(torch.nn.Module):  # one that keeps nothing
+        def reconstruct(self, x):
+            return torch.full_like(x, 0.5)
+
+    kept, proba_original, proba_identity = score_faithfulness(Identity(), judge, images, labels, "binary",
+                                                              ds.class_names, "cpu", 32)
+    assert kept["auc_original"] > 0.9 and kept["ratio"] == pytest.approx(1.0) and kept["judge_agreement"] == 1.0
+    np.testing.assert_allclose(proba_identity, proba_original)
+    lost, _, _ = score_faithfulness(Constant(), judge, images, labels, "binary", ds.class_names, "cpu", 32)
+    assert lost["auc_reconstruction"] == pytest.approx(0.5) and lost["ratio"] == pytest.approx(0.0, abs=1e-9)
+    # a judge at chance makes the ratio undefined rather than a division by noise
+    assert faithfulness_ratio(0.7, 0.5) is None and faithfulness_ratio(None, 0.9) is None
+
+
+def test_the_decision_counterfactual_stops_where_the_models_decision_changed(chest_judge):
+    from pumamed.explain.counterfactual import decision_counterfactuals
+    from pumamed.imaging import load_dataset
+
+    model = chest_judge.model  # here the model explained, not a judge
+    ds = load_dataset("pneumoniamnist", split="val", size=64)
+    images = torch.from_numpy(ds.uint8_images()[:10].astype(np.float32) / 255.0)[:, None]
+    out = decision_counterfactuals(model, images, max_shift=20.0, n_search=21)
+    with torch.no_grad():
+        np.testing.assert_allclose(out["reconstruction"], model.reconstruct(images)[:, 0].numpy(), atol=1e-5)
+        predicted = model.predict_proba(images).argmax(1).numpy()
+        on_counterfactual = model.predict_proba(torch.from_numpy(out["counterfactual"])[:, None]).argmax(1).numpy()
+    np.testing.assert_array_equal(out["predicted"], predicted)
+    assert out["flipped"].any(), "a trained binary model should change its mind within 20 latent units"
+    flipped = out["flipped"]
+    np.testing.assert_array_equal(on_counterfactual[flipped], out["decision"][flipped])
+    assert (out["decision"][flipped] != predicted[flipped]).all()
+    assert (out["shift"][~flipped] == 20.0).all() and (out["shift"][flipped] <= 20.0).all()
+
+
+def test_a_hierarchical_model_holds_the_images_own_detail_code(brain_images):
+    from pumamed.explain.counterfactual import decision_counterfactuals
+    from pumamed.net.model import PumaMedNet, PumaMedNetConfig
+
+    torch.manual_seed(0)
+    model = PumaMedNet(PumaMedNetConfig(image_size=64, latent_dim=8, widths=(8, 16, 32, 32), groups=4,
+                                        detail_channels=2, detail_resolution=16, num_classes=4)).eval()
+    x = brain_images[:3]
+    with torch.no_grad():
+        mu, _, d_mu, _ = model.encode_all(x)
+        assert d_mu.shape == (3, 2, 16, 16)
+        # no detail code is the prior mean: zeros
+        torch.testing.assert_close(model.decode(mu), model.decode(mu, torch.zeros_like(d_mu)))
+        assert not torch.allclose(model.reconstruct(x), model.decode(mu))
+    held = decision_counterfactuals(model, x, max_shift=4.0, n_search=3, detail="image")
+    at_mean = decision_counterfactuals(model, x, max_shift=4.0, n_search=3, detail="mean")
+    with torch.no_grad():
+        np.testing.assert_allclose(held["reconstruction"], model.reconstruct(x)[:, 0].numpy(), atol=1e-5)
+        np.testing.assert_allclose(at_mean["reconstruction"], model.decode(mu)[:, 0].numpy(), atol=1e-5)
+
+
+def test_lesion_localisation_has_the_known_ratio():
+    masks = np.zeros((3, 8, 8), bool)
+    masks[:, 2:4, 2:4] = True
+    change = np.ones((3, 8, 8))
+    change[1][masks[1]] = 3.0  # three times the change inside the lesion
+    change[2] = -change[2]  # the sign of the change does not matter
+    ratios = lesion_localisation(change, masks)
+    np.testing.assert_allclose(ratios, [1.0, 3.0, 1.0])
+    assert np.isnan(lesion_localisation(change[:1], np.zeros((1, 8, 8), bool))[0])
+
+
+def test_evaluate_judge_end_to_end_and_its_user_errors(imaging_root, tmp_path, capsys):
+    common = ["--dataset", "breastmnist", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "8",
+              "--no-test"]
+    judge, model = tmp_path / "judge", tmp_path / "model"
+    assert main(["train", "--arch", "resnet18", "--size", str(SIZE), "--quiet", *common, "--out", str(judge)]) == 0
+    assert main(["train", *TINY_CLI, *common, "--detail-channels", "2", "--detail-resolution", "8",
+                 "--ssim-weight", "0.1", "--out", str(model)]) == 0
+    config = json.loads((model / "config.json").read_text())
+    assert config["model"]["detail_channels"] == 2 and config["training"]["ssim_weight"] == 0.1
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model), "--dataset", "breastmnist", "--judge", str(judge),
+                 "--counterfactual-limit", "12", "--latency-repeats", "2", "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    quality, faithful, cf = result["reconstruction"], result["faithfulness"], result["counterfactuals"]
+    assert 0 < quality["psnr_db"]["mean"] < 100 and -1 <= quality["ssim"]["mean"] <= 1
+    assert faithful["judge_arch"] == "resnet18" and faithful["n"] == result["n"]
+    assert faithful["ratio"] is None or np.isfinite(faithful["ratio"])
+    assert cf["n"] == 12 and 0 <= cf["validity"]["share"] <= 1 and cf["settings"]["detail"] == "image"
+    low, high = cf["validity"]["ci95"]
+    assert low <= cf["validity"]["share"] <= high
+    assert cf["localisation"] is None  # BreastMNIST has no lesion masks
+
+    # user errors: one line, exit 2
+    assert main(["evaluate", "--model", str(model), "--dataset", "breastmnist", "--counterfactual-limit", "5"]) == 2
+    assert "--judge" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(model), "--dataset", "breastmnist", "--judge", str(model)]) == 2
+    assert "another model" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(judge), "--dataset", "breastmnist", "--judge", str(model)]) == 2
+    assert "not a PumaMedNet" in capsys.readouterr().err
+
+
+def test_detail_options_are_checked(tmp_path, capsys):
+    from pumamed.net.model import PumaMedNetConfig
+
+    with pytest.raises(ValueError, match="detail_resolution"):
+        PumaMedNetConfig(image_size=64, detail_channels=4, detail_resolution=12)
+    with pytest.raises(ValueError, match="transposed"):
+        PumaMedNetConfig(image_size=64, detail_channels=4, detail_resolution=16, decoder="upsample")
+    assert main(["train", "--dataset", "breastmnist", "--ssim-weight", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "must not be negative" in capsys.readouterr().err
