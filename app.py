@@ -2,16 +2,19 @@
 
 import streamlit as st
 
-from views._frame import PRESENTATION_KEY, apply_presentation_style, available_pages, demo_data_banner
+from views._frame import (PRESENTATION_KEY, apply_presentation_style, available_pages, demo_data_banner,
+                          is_presentation, sidebar_state)
 
-st.set_page_config(page_title="PumaMed Explorer", page_icon=":material/biotech:", layout="wide")
+st.set_page_config(page_title="PumaMed Explorer", page_icon=":material/biotech:", layout="wide",
+                   initial_sidebar_state=sidebar_state())
 
 sections: dict[str, list] = {}
 for spec in available_pages():
     sections.setdefault(spec.section, []).append(
         st.Page(spec.file, title=spec.title, icon=spec.icon, url_path=spec.url_path, default=spec.default)
     )
-navigation = st.navigation(sections)
+# Presentation mode collapses the sidebar, so the pages move to a bar at the top.
+navigation = st.navigation(sections, position="top" if is_presentation() else "sidebar")
 
 with st.sidebar:
     st.markdown("### :material/biotech: PumaMed Explorer")

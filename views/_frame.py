@@ -53,7 +53,12 @@ def is_presentation() -> bool:
 
 
 def apply_presentation_style() -> None:
-    """Larger fonts and wider content for talks; the sidebar (controls) is collapsed by CSS."""
+    """Larger fonts, figures that fit one 1920x1080 screen, and no sidebar, for talks.
+
+    The selectors name the element that holds the text: a metric's value is a markdown paragraph
+    inside ``stMetricValue``, so the general paragraph rule would otherwise shrink it below its
+    label. The sidebar (navigation and the mode switch) starts collapsed in presentation mode
+    (see ``sidebar_state`` in app.py); its chevron opens it again."""
     if not is_presentation():
         return
     st.html(
@@ -62,20 +67,42 @@ def apply_presentation_style() -> None:
         [data-testid="stMain"] [data-testid="stMarkdownContainer"] p,
         [data-testid="stMain"] [data-testid="stMarkdownContainer"] li,
         [data-testid="stMain"] [data-testid="stCaptionContainer"] { font-size: 1.3rem; }
-        [data-testid="stMain"] h1 { font-size: 3.2rem; }
+        [data-testid="stMain"] h1 { font-size: 3.2rem; padding-top: 0.5rem; }
         [data-testid="stMain"] h2 { font-size: 2.4rem; }
         [data-testid="stMain"] h3 { font-size: 1.9rem; }
-        [data-testid="stMetricValue"] { font-size: 2.8rem; }
-        [data-testid="stMetricLabel"] p { font-size: 1.3rem; }
-        [data-testid="stMainBlockContainer"] { max-width: 96vw; padding-top: 1.5rem; }
+        [data-testid="stMain"] [data-testid="stMetricValue"],
+        [data-testid="stMain"] [data-testid="stMetricValue"] [data-testid="stMarkdownContainer"] p,
+        [data-testid="stMain"] [data-testid="stMetricValue"] div {
+            font-size: 3.4rem; line-height: 1.15; }
+        [data-testid="stMain"] [data-testid="stMetricLabel"] [data-testid="stMarkdownContainer"] p {
+            font-size: 1.3rem; }
+        [data-testid="stMainBlockContainer"] { max-width: 96vw; padding-top: 4rem; padding-bottom: 2rem; }
+        /* Streamlit's chart theme pins plotly's text at 12 px: readable from the back of a room. */
+        [data-testid="stPlotlyChart"] .xtick text, [data-testid="stPlotlyChart"] .ytick text,
+        [data-testid="stPlotlyChart"] .legendtext, [data-testid="stPlotlyChart"] .cbaxis text {
+            font-size: 15px !important; }
+        [data-testid="stPlotlyChart"] .g-xtitle text, [data-testid="stPlotlyChart"] .g-ytitle text,
+        [data-testid="stPlotlyChart"] .annotation-text { font-size: 17px !important; }
+        [data-testid="stPlotlyChart"] .gtitle { font-size: 20px !important; }
         </style>
         """
     )
 
 
+def sidebar_state() -> str:
+    """``initial_sidebar_state`` for ``st.set_page_config``: collapsed in presentation mode."""
+    return "collapsed" if is_presentation() else "auto"
+
+
+#: Tallest figure in presentation mode: a 1080-pixel screen less the browser's bars, the page
+#: title and a row of metrics, so that a page's key chart fits on one screen.
+PRESENTATION_MAX_FIGURE_HEIGHT = 580
+
+
 def figure_height(base: int = 420) -> int:
-    """Figure height for the current mode: 40 % taller in presentation mode."""
-    return int(base * 1.4) if is_presentation() else base
+    """Figure height for the current mode: 30 % taller in presentation mode, at most
+    :data:`PRESENTATION_MAX_FIGURE_HEIGHT`."""
+    return min(int(base * 1.3), PRESENTATION_MAX_FIGURE_HEIGHT) if is_presentation() else base
 
 
 def style_figure(fig, base_height: int = 420):

@@ -177,7 +177,7 @@ with guarded("Reading the indicators"):
     dropped = f"{check.n_dropped} dropped (missing values)" if check.n_dropped else "none dropped"
     c3.metric("Municipalities used", f"{check.n_rows:,}", dropped, delta_color="off", delta_arrow="off")
     (st.success if check.suitable else st.warning)(check.verdict)
-    with st.expander("KMO per indicator", expanded=is_presentation()):
+    with st.expander("KMO per indicator", expanded=False):
         st.dataframe(check.table().assign(indicator=lambda t: t["indicator"].map(lambda n: labels.get(n, n))),
                      hide_index=True, width="stretch")
 

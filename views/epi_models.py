@@ -305,13 +305,16 @@ chosen = result.cv.chosen_index_
 cols[2].metric("CV deviance", f"{result.cv.cv_mean_[chosen]:.3g}", help="mean held-out deviance at the chosen λ")
 if result.moran:
     cols[3].metric("Moran's I (residuals)", f"{result.moran['I']:.3f}", help=f"permutation p = {result.moran['p_value']:.3g}")
-st.caption(f"**{result.outcome_label}**; family: {result.family}; λ by the {result.spec.rule} rule "
+summary = (f"**{result.outcome_label}**; family: {result.family}; λ by the {result.spec.rule} rule "
            f"({'adaptive ' if result.spec.adaptive else ''}{'lasso' if result.spec.l1_ratio == 1 else 'elastic net'}).")
-if is_presentation():  # talks: the data notes fold away, the figures keep the room
-    with st.expander("Data notes"):
+if is_presentation():  # talks: the data notes fold away beside the summary, the figures keep the room
+    summary_col, notes_col = st.columns([3, 1], vertical_alignment="center")
+    summary_col.caption(summary)
+    with notes_col.expander("Data notes"):
         for note in result.notes:
             st.caption(f"• {note}")
 else:
+    st.caption(summary)
     for note in result.notes:
         st.caption(f"• {note}")
 

@@ -410,7 +410,8 @@ with tab_explain:
                                    mime="image/gif", icon=":material/download:")
             with curve_col:
                 fig = go.Figure(go.Scatter(x=cf.lambdas, y=cf.probabilities, mode="lines+markers"))
-                fig.add_hline(y=cf.start_probability, line_dash="dot", annotation_text="reconstruction")
+                fig.add_hline(y=cf.start_probability, line_dash="dot", annotation_text="reconstruction",
+                              annotation_position="top left")
                 fig.add_hline(y=maps.probability, line_dash="dash", line_color="grey", annotation_text="input",
                               annotation_position="bottom right")
                 fig.update_layout(title=f"p({cf.class_name}) per frame", xaxis_title="latent shift λ",

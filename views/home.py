@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from views._frame import data_dir, guarded, is_presentation, models_dir
+from views._frame import data_dir, guarded, models_dir
 from pumamed.catalog import list_checkpoints
 from pumamed.config import device_description, select_device
 from pumamed.datacheck import BROKEN, MISSING, OK, check_data_dir
@@ -53,7 +53,7 @@ with guarded("Listing models"):
         label = f"**{name}**: {cfg.get('task', cfg.get('arch', 'model'))}"
         if problem:
             label += f" (unusable: {problem})"
-        with st.expander(label, expanded=is_presentation() and not problem):
+        with st.expander(label, expanded=False):
             if metrics:
                 flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
                 if flat:

@@ -208,6 +208,15 @@ def _show_panels(panels: list[tuple], columns: int | None = None) -> None:
                        width="stretch")
 
 
+def _presentation_width(png: bytes, max_height: int = 860) -> int:
+    """Display width at which a tall image (a traversal grid of many rows) fits one screen."""
+    from PIL import Image
+    import io
+
+    width, height = Image.open(io.BytesIO(png)).size
+    return max(200, min(1800, int(max_height * width / max(height, 1))))
+
+
 @contextmanager
 def _settings(label: str = "Settings"):
     """Section settings: inline normally; folded into an expander in presentation mode."""
@@ -543,7 +552,7 @@ def traversal_section(path: str, stamp: float, base: np.ndarray, kl: np.ndarray,
     grid, png = _traversal(path, stamp, base, tuple(dims), int(steps), float(span), scale, labels)
     st.image(png, caption=f"{len(dims)} x {int(steps)} traversal grid: each row walks one dimension from "
                           f"−{span:g} to +{span:g} sd around the image's code (one batched decoder call).",
-             width="stretch" if not is_presentation() else "stretch")
+             width=_presentation_width(png) if is_presentation() else "stretch")
     c1, c2, c3 = st.columns([1, 1, 2], vertical_alignment="bottom")
     c1.download_button("Grid as PNG", png, file_name=f"traversal_{session.name}.png", mime="image/png",
                        icon=":material/download:", key="ie_grid_png")
