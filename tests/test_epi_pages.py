@@ -105,6 +105,11 @@ def test_pollutants_page_switches_pollutant_and_network(epi_root):
     at = _open("views/epi_pollutants.py")
     _ok(at)
     assert int(_metric(at, "Stations with a valid annual mean")) > 0
+    # the exposure classes count the states drawn; the caption accounts for the rest of the 2,469
+    classes = sum(int(_metric(at, label).replace(",", "")) for label in
+                  ("Station in the municipality", "Inverse-distance within 50 km", "No station in range"))
+    accounted = next(c.value for c in at.caption if "not drawn" in c.value)
+    assert f"{classes:,} municipalities" in accounted and f"{2469 - classes:,} of the 2,469" in accounted
     at.selectbox(key="pol_pollutant").set_value("o3")
     at.run()
     _ok(at)
@@ -124,3 +129,22 @@ def test_pages_without_data_say_what_is_missing(page, tmp_path, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     text = " ".join(i.value for i in at.info)
     assert "PUMAMED_DATA_DIR" in text and "was not found" in text
+
+
+def test_station_map_shows_the_whole_country_and_a_robust_colour_range(epi_root):
+    import numpy as np
+    import pandas as pd
+
+    from pumamed.epi.mapping import MEXICO_LON, robust_range, station_map
+
+    # stations in central Mexico only, one of them extreme
+    stations = pd.DataFrame({"lon": [-99.1, -99.2, -100.3, -98.2, -99.0], "lat": [19.4, 19.5, 20.6, 19.0, 19.3],
+                             "station_name": list("abcde"), "network": ["x"] * 5,
+                             "value": [18.0, 22.0, 25.0, 20.0, 104.0]})
+    figure = station_map(stations, "value", label="PM2.5", unit="µg/m³", data_dir=epi_root.parent)
+    lon_range = figure.layout.geo.lonaxis.range
+    assert lon_range[1] >= MEXICO_LON[1], "the Yucatán peninsula is cut off"
+    marker = next(t.marker for t in figure.data if t.marker is not None and t.marker.cmax is not None)
+    assert marker.cmax < 100, "one extreme station stretches the scale"
+    low, high = robust_range(np.r_[np.linspace(10, 30, 60), 104.0])
+    assert 10 <= low < 12 and 28 < high < 35, (low, high)

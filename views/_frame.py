@@ -79,7 +79,7 @@ def apply_presentation_style() -> None:
         [data-testid="stMainBlockContainer"] { max-width: 96vw; padding-top: 4rem; padding-bottom: 2rem; }
         /* Streamlit's chart theme pins plotly's text at 12 px: readable from the back of a room. */
         [data-testid="stPlotlyChart"] .xtick text, [data-testid="stPlotlyChart"] .ytick text,
-        [data-testid="stPlotlyChart"] .legendtext, [data-testid="stPlotlyChart"] .cbaxis text {
+        [data-testid="stPlotlyChart"] .cbaxis text {
             font-size: 15px !important; }
         [data-testid="stPlotlyChart"] .g-xtitle text, [data-testid="stPlotlyChart"] .g-ytitle text,
         [data-testid="stPlotlyChart"] .annotation-text { font-size: 17px !important; }

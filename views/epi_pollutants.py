@@ -10,7 +10,7 @@ import streamlit as st
 
 from views._frame import controls, data_dir, guarded, missing_data_message, style_figure
 from pumamed.epi.factors import correlation_table, variance_inflation
-from pumamed.epi.geometry import MUNICIPALITY_RDATA
+from pumamed.epi.geometry import MUNICIPALITY_RDATA, N_MUNICIPALITIES
 from pumamed.epi.io import epi_dir
 from pumamed.epi.mapping import municipal_choropleth, station_map
 from pumamed.epi.pollutants import POLLUTANTS, RAMA_DIR, SINAICA_DIR, has_rama_hourly
@@ -158,6 +158,8 @@ with guarded("Loading the air-quality data"):
     figure = station_map(shown, "value", label=f"{pollutant.label} annual mean", unit=pollutant.unit,
                          renderer="maplibre" if basemap else "geo", title=f"{pollutant.label}, {year}", data_dir=root)
     st.plotly_chart(style_figure(figure, base_height=520), width="stretch", key="pol_station_map")
+    st.caption("Colour scale from the 2nd to the 98th percentile of the station means, so that a few extreme "
+               "stations do not wash out the rest; stations beyond it take the end colours (exact value on hover).")
 
     # 2. Time series
     st.header("Time series per station")
@@ -211,9 +213,14 @@ with guarded("Loading the air-quality data"):
             c3.metric("No station in range", f"{int(counts.get('none', 0)):,}",
                       help="Municipalities of the states drawn that have no station within 50 km.")
             st.plotly_chart(style_figure(figure, base_height=520), width="stretch", key="pol_exposure_map")
-            st.caption("Only the states with at least one covered municipality are drawn; grey municipalities have "
-                       "no station in range. Exposure estimates away from stations are interpolations, not "
-                       "measurements: read them with the *coverage* column.")
+            n_states = table["CVEGEO"].str[:2].nunique()
+            not_drawn = N_MUNICIPALITIES - len(table)
+            st.caption(f"The three counts add up to the {len(table):,} municipalities of the {n_states} states drawn "
+                       "(those with at least one covered municipality); the other "
+                       f"{not_drawn:,} of the {N_MUNICIPALITIES:,} municipalities lie in states with no station "
+                       "within 50 km and are not drawn. Grey municipalities have no station in range. Exposure "
+                       "estimates away from stations are interpolations, not measurements: read them with the "
+                       "*coverage* column.")
             with st.expander("Exposure table with its coverage"):
                 st.dataframe(table, hide_index=True, width="stretch")
             st.download_button("Download the exposure table (CSV)", table.to_csv(index=False).encode("utf-8"),

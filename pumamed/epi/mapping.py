@@ -499,6 +499,23 @@ def state_outline(data_dir=None, decimals: int = DEFAULT_DECIMALS) -> tuple[np.n
     return _state_lines_cached(_root(data_dir), int(decimals))
 
 
+# Mexico's extent (mainland, Baja California and the Yucatán peninsula), degrees.
+MEXICO_LON = (-118.6, -86.5)
+MEXICO_LAT = (14.3, 32.9)
+
+
+def robust_range(values, low_pct: float = 2.0, high_pct: float = 98.0) -> tuple[float, float]:
+    """Colour range from the 2nd to the 98th percentile, so that one extreme station does not
+    stretch the scale over values nearly none has (the extremes take the end colours)."""
+    data = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce").dropna(), dtype=float)
+    if data.size == 0:
+        return 0.0, 1.0
+    low, high = (float(v) for v in np.percentile(data, [low_pct, high_pct]))
+    if high <= low:
+        low, high = float(data.min()), float(data.max())
+    return (low, high) if high > low else (low - 0.5, low + 0.5)
+
+
 def station_map(stations: pd.DataFrame, value: str | None = None, *, label: str = "", unit: str = "",
                 palette: str = "viridis", renderer: str = "geo", title: str | None = None, data_dir=None,
                 outline: bool = True):
@@ -535,7 +552,8 @@ def station_map(stations: pd.DataFrame, value: str | None = None, *, label: str 
     if has.any():
         marker = dict(size=10, opacity=0.9)
         if value:
-            marker.update(color=frame[value][has], colorscale=palette, showscale=True,
+            low, high = robust_range(frame[value][has])
+            marker.update(color=frame[value][has], colorscale=palette, showscale=True, cmin=low, cmax=high,
                           colorbar=dict(title=dict(text=_colorbar_title(label or value, unit)), thickness=14, len=0.75))
         traces.append(scatter(lon=frame["lon"][has], lat=frame["lat"][has], mode="markers", name=label or "stations",
                               marker=marker, customdata=custom[has], hovertemplate=hover))
@@ -544,9 +562,13 @@ def station_map(stations: pd.DataFrame, value: str | None = None, *, label: str 
     if renderer == "geo":
         pad_x = max(0.5, (lon.max() - lon.min()) * 0.05) if len(frame) else 1
         pad_y = max(0.5, (lat.max() - lat.min()) * 0.05) if len(frame) else 1
+        lon_range = [lon.min() - pad_x, lon.max() + pad_x] if len(frame) else list(MEXICO_LON)
+        lat_range = [lat.min() - pad_y, lat.max() + pad_y] if len(frame) else list(MEXICO_LAT)
+        if outline:  # the state outlines are drawn: show the whole country, not just the stations' box
+            lon_range = [min(lon_range[0], MEXICO_LON[0]), max(lon_range[1], MEXICO_LON[1])]
+            lat_range = [min(lat_range[0], MEXICO_LAT[0]), max(lat_range[1], MEXICO_LAT[1])]
         figure.update_geos(visible=False, projection_type="mercator", bgcolor="rgba(0,0,0,0)",
-                           lonaxis_range=[lon.min() - pad_x, lon.max() + pad_x] if len(frame) else [-118.5, -86.5],
-                           lataxis_range=[lat.min() - pad_y, lat.max() + pad_y] if len(frame) else [14.4, 32.8])
+                           lonaxis_range=lon_range, lataxis_range=lat_range)
     else:
         box = (lon.min(), lat.min(), lon.max(), lat.max()) if len(frame) else (-118.5, 14.4, -86.5, 32.8)
         figure.update_layout(map=dict(style="carto-positron", center=dict(lon=(box[0] + box[2]) / 2,
