@@ -52,6 +52,15 @@ def make_card(config: dict, metrics: dict) -> str:
         lines.append(f"- latent dimensions: {model.get('latent_dim')}, encoder widths {model.get('widths')}, "
                      f"self-attention at {model.get('attention_resolution')} px, GroupNorm")
         lines.append(f"- reconstruction weight map: {model.get('weight_map')} (strength {model.get('weight_strength')})")
+        if model.get("detail_channels"):
+            lines.append(f"- hierarchical: a spatial detail code of {model['detail_channels']} x "
+                         f"{model.get('detail_resolution')} x {model.get('detail_resolution')} beside the global code "
+                         f"(KL weight {training.get('detail_beta')}; dropped for {model.get('detail_dropout')} of the "
+                         f"training images, so the global code alone must draw them); explanations edit the global "
+                         f"code and hold the detail code")
+        if training.get("ssim_weight"):
+            lines.append(f"- reconstruction loss: weighted squared error + {training['ssim_weight']} x pixels x "
+                         f"(1 - SSIM)")
     if model.get("class_names"):
         lines.append(f"- task: {model.get('task')} over {', '.join(model['class_names'])}")
     cost = metrics.get("cost") or {}
