@@ -16,6 +16,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "model_card.md"
 METRICS_FILE = "metrics.json"
+TRUST_FILE = "trust.json"
 
 
 @dataclass
@@ -26,6 +27,7 @@ class CheckpointInfo:
     metrics: dict = field(default_factory=dict)
     card: str = ""
     problem: str = ""
+    trust: dict = field(default_factory=dict)  # trust.json (calibration, OOD score), when calibrated
 
     @property
     def usable(self) -> bool:
@@ -60,6 +62,11 @@ def describe_checkpoint(folder: Path) -> CheckpointInfo:
             info.metrics = read_json_object(folder / METRICS_FILE)
         except ValueError as exc:
             problems.append(str(exc))
+    if (folder / TRUST_FILE).is_file():
+        try:
+            info.trust = read_json_object(folder / TRUST_FILE)
+        except ValueError:
+            info.trust = {}  # an unreadable trust file only hides the figures; loading reports it
     if (folder / CARD_FILE).is_file():
         info.card = (folder / CARD_FILE).read_text(encoding="utf-8", errors="replace")
     else:

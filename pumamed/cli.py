@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "pumamed.commands.data",
     "pumamed.commands.train",
     "pumamed.commands.evaluate",
+    "pumamed.commands.calibrate",
     "pumamed.commands.audit",
     "pumamed.commands.epi",
     "pumamed.commands.bench",

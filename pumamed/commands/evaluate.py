@@ -29,6 +29,10 @@ def register(subparsers) -> None:
                    help="with --judge: longest counterfactual walk, in latent units")
     p.add_argument("--detail", choices=["image", "mean", "resampled"], default="image",
                    help="with --judge, hierarchical models: the detail code held during the walk")
+    p.add_argument("--ood", help="other datasets, comma-separated (e.g. brain_tumor_mri,mini_mias): the AUROC of "
+                                 "telling the model's images from theirs by its OOD score, and its false alarms")
+    p.add_argument("--reliability", metavar="FILE.png", help="write a reliability diagram (before / after "
+                                                             "calibration) to this PNG")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run_evaluate)
 
@@ -54,6 +58,12 @@ def run_evaluate(args) -> int:
                                  device=args.device, batch_size=args.batch_size,
                                  latency_repeats=args.latency_repeats, against=args.against,
                                  bootstrap=args.bootstrap, seed=args.seed)
+    from pumamed.net.trust import evaluate_trust  # calibration before/after, OOD AUROC (--ood)
+
+    result.update(evaluate_trust(args.model, args.dataset, split=args.split,
+                                 ood=args.ood.split(",") if args.ood else None, data_dir=args.data_dir,
+                                 device=args.device, batch_size=min(args.batch_size, 128),
+                                 reliability=args.reliability))
     if args.judge is not None:
         from pumamed.explain.faithfulness import faithfulness_report
 
@@ -93,6 +103,18 @@ def run_evaluate(args) -> int:
                   f"({cf['localisation']['n_with_lesion']} images with a lesion)")
     elif cf:
         print(f"  counterfactuals: {cf['skipped']}")
+    cal = result.get("calibration") or {}
+    if "before" in cal:
+        b, a = cal["before"], cal["after"]
+        print(f"  calibration (temperature {cal['temperature']:.3f}): ECE {b['ece']:.4f} -> {a['ece']:.4f}, "
+              f"Brier {b['brier']:.4f} -> {a['brier']:.4f}, NLL {b['nll']:.4f} -> {a['nll']:.4f}")
+    elif cal.get("skipped"):
+        print(f"  calibration: {cal['skipped']}")
+    ood = result.get("ood")
+    if ood:
+        print(f"  OOD score {ood['score']}: false alarms {ood['false_alarm_rate']:.1%} of {ood['n']} images")
+        for name, row in ood["datasets"].items():
+            print(f"    {name:18} ({row['relation']}) AUROC {row['auroc']:.4f}, flagged {row['flagged']:.1%}")
     print(f"  {result['cost_of']}: {result['parameters']:,} parameters, {result['flops'] / 1e6:.1f} MFLOPs, "
           f"{result['cpu_latency_ms']:.2f} ms per image on CPU ({result['cpu_threads']} threads)")
     other, diff = result.get("against"), result.get("difference")

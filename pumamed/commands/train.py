@@ -74,6 +74,9 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--keep-state", action="store_true", help="keep the resume state after the run finishes")
     p.add_argument("--no-test", action="store_true", help="do not report the test split at the end")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="do not fit the trust signals (temperature, OOD threshold) at the end; "
+                        "python -m pumamed calibrate --model DIR does it later")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_train)
 
@@ -120,7 +123,7 @@ def run_train(args) -> int:
                    detail_dropout=args.detail_dropout,
                    init=Path(args.init) if args.init else None, teacher=teachers,
                    resume=args.resume, data_dir=args.data_dir,
-                   report_test=not args.no_test, train=train_cfg)
+                   report_test=not args.no_test, calibrate=not args.no_calibrate, train=train_cfg)
     metrics = run(spec)
     if is_main_process():
         summary = {"out": str(out), "best_epoch": metrics.get("best_epoch"),

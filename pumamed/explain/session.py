@@ -37,8 +37,11 @@ class ImageAnalysis:
     reconstruction: np.ndarray  # S x S, decoded from mu
     error: np.ndarray  # S x S, |reconstruction - image|
     weights: np.ndarray  # S x S, reconstruction-loss weights (mean 1)
-    probabilities: np.ndarray | None = None  # classes, when the model has a classifier head
+    probabilities: np.ndarray | None = None  # classes, when the model has a classifier head (calibrated when
+    # the checkpoint has a temperature, see pumamed.net.trust)
     metrics: dict = field(default_factory=dict)
+    raw_probabilities: np.ndarray | None = None  # before calibration (None when nothing was calibrated)
+    ood: dict | None = None  # score, threshold, flagged, features: see ExplorerSession.trust_check
 
 
 class ExplorerSession:
@@ -49,7 +52,7 @@ class ExplorerSession:
 
     def __init__(self, model, device=None, *, kl_per_dim=None, class_names=(), task: str | None = None,
                  name: str = "model", path: str | Path | None = None, card: str = "", metrics: dict | None = None,
-                 batch_size: int | None = None, channels_last: bool | None = None):
+                 batch_size: int | None = None, channels_last: bool | None = None, trust=None):
         import torch
 
         from pumamed.config import select_device
@@ -86,6 +89,7 @@ class ExplorerSession:
         self.metrics = dict(metrics or {})
         self.batch_size = max(1, int(batch_size))
         self._decode_cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self.trust = trust  # pumamed.net.trust.Trust (temperature, OOD score) or None
         self._lock = threading.Lock()  # the cached session is shared by every browser tab
 
     # ------------------------------------------------------------------ properties
@@ -265,6 +269,11 @@ class ExplorerSession:
             probabilities = None
             if self.has_classifier and callable(getattr(self.model, "predict_proba", None)):
                 probabilities = self._to_numpy(self.model.predict_proba(x))[0]
+        raw_probabilities, ood = None, None
+        if self.trust is not None:
+            raw_probabilities, ood, calibrated = self.trust_check(x)
+            if calibrated is not None and probabilities is not None:
+                probabilities = calibrated
         image_np = self._to_numpy(x)[0, 0]
         recon_np = self._to_numpy(recon)[0, 0]
         weights_np = self._to_numpy(weights)[0, 0] if weights is not None else np.ones_like(image_np)
@@ -276,7 +285,16 @@ class ExplorerSession:
             metrics={"mae": float(error.mean()), "rmse": float(np.sqrt(mse)),
                      "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse)),
                      "weighted_mse": float(np.mean(weights_np * error**2))},
+            raw_probabilities=raw_probabilities, ood=ood,
         )
+
+    def trust_check(self, x):
+        """(uncalibrated probabilities, OOD verdict, calibrated probabilities) of one image tensor
+        1 x 1 x S x S, from the checkpoint's trust calibration. The verdict is a dict: ``score``,
+        ``threshold``, ``flagged`` and the standardised ``features``; None without an OOD score."""
+        from pumamed.net.trust import image_verdict
+
+        return image_verdict(self.model, self.trust, x, self.task)
 
     # ------------------------------------------------------------------ explanations
     def traverse(self, z, dims, n_steps: int = 9, span: float = 3.0, scale=None, detail=None):
@@ -356,7 +374,7 @@ def load_session(path, device=None, **kwargs) -> ExplorerSession:
         class_names=getattr(loaded, "class_names", None) or (),
         task=getattr(loaded, "task", None),
         name=path.name, path=path, card=getattr(loaded, "card", "") or "",
-        metrics=getattr(loaded, "metrics", None) or {}, **kwargs,
+        metrics=getattr(loaded, "metrics", None) or {}, trust=getattr(loaded, "trust", None), **kwargs,
     )
 
 

@@ -73,6 +73,16 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def trust(self):
+        """The checkpoint's calibration and OOD score (``trust.json``, see :mod:`pumamed.net.trust`),
+        or None before ``python -m pumamed calibrate`` has run on it."""
+        if self.path is None:
+            return None
+        from pumamed.net.trust import load_trust
+
+        return load_trust(self.path)
+
 
 # --- atomic writes ----------------------------------------------------------------------------
 def _atomic_write(path: Path, write) -> None:
@@ -99,7 +109,7 @@ def _atomic_write(path: Path, write) -> None:
 
 # Every file name a save writes; an interrupted write leaves ".<name>.<random>.tmp" beside it.
 WRITTEN_FILES = (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, CARD_FILE, STATE_WEIGHTS_FILE, STATE_JSON_FILE,
-                 RESUME_FILE, "weight_maps.safetensors")
+                 RESUME_FILE, "weight_maps.safetensors", "trust.json", "trust.safetensors")
 
 
 def remove_stale_temporaries(folder: Path) -> list[str]:

@@ -46,6 +46,7 @@ class RunSpec:
     resume: bool = False
     data_dir: str | None = None
     report_test: bool = True
+    calibrate: bool = True  # fit trust.json (temperature, OOD score) at the end, see pumamed.net.trust
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -337,4 +338,10 @@ def run(spec: RunSpec, log=print) -> dict:
             final["cost"] = model_cost(loaded.model, spec.size)
     ckpt.atomic_write_json(spec.out / ckpt.METRICS_FILE, final)
     ckpt.atomic_write_text(spec.out / ckpt.CARD_FILE, make_card(loaded.config, final))
+    if spec.calibrate:
+        # trust signals (temperature, OOD threshold) on the validation split: what `calibrate` does
+        from pumamed.net.trust import calibrate_checkpoint
+
+        calibrate_checkpoint(spec.out, data_dir=spec.data_dir, device=device,
+                             report_test=spec.report_test and not is_mix, log=log)
     return final
