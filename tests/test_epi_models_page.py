@@ -90,3 +90,10 @@ def test_severity_outcomes_fit_and_say_what_an_empty_selection_means(epi_root):
     notes = " ".join(c.value for c in at.caption)
     assert "exceeds covid_diabetic_hospitalized" in notes and "inconsistent" in notes
     assert int(next(m.value for m in at.metric if m.label == "Municipalities").replace(",", "")) > 500
+    # the LISA cluster map carries the state outlines, as the residual map does
+    import json
+
+    figures = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    lisa = next(f for f in figures if "LISA clusters" in json.dumps(f["layout"].get("title", "")))
+    outlines = [t for t in lisa["data"] if t["type"] == "scattergeo" and t.get("mode") == "lines"]
+    assert outlines, "no state outlines on the LISA map"

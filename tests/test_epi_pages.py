@@ -148,3 +148,26 @@ def test_station_map_shows_the_whole_country_and_a_robust_colour_range(epi_root)
     assert marker.cmax < 100, "one extreme station stretches the scale"
     low, high = robust_range(np.r_[np.linspace(10, 30, 60), 104.0])
     assert 10 <= low < 12 and 28 < high < 35, (low, high)
+
+
+def test_diverging_classes_split_at_zero_and_colour_by_sign():
+    import numpy as np
+
+    from pumamed.epi.mapping import classify, diverging_colours
+
+    rng = np.random.default_rng(0)
+    values = np.r_[-rng.exponential(0.02, 300), rng.exponential(0.2, 700)]  # skewed: mostly positive
+    result = classify(values, "diverging", k=8)
+    assert 0.0 in result.edges
+    for i in range(result.k):
+        members = values[result.classes == i]
+        assert (members <= 0).all() or (members > 0).all(), f"class {i} mixes signs"
+    colours = diverging_colours(result.edges, "RdBu", reverse=True)  # reversed RdBu: blue low, red high
+
+    def rgb(c):
+        return [float(x) for x in c[c.index("(") + 1:-1].split(",")]
+
+    uppers = result.edges[1:]
+    for colour, upper in zip(colours, uppers):
+        r, _, b = rgb(colour)
+        assert (r > b) == (upper > 0), (colour, upper)

@@ -162,13 +162,15 @@ def _deviance_figure(table):
 
 def _category_map(table: pd.DataFrame, column: str, colours: dict, title: str):
     """Categorical choropleth (one trace per category, so the legend names them)."""
-    from pumamed.epi.mapping import municipal_features
+    from pumamed.epi.mapping import municipal_features, state_outline
 
     geojson = {"type": "FeatureCollection", "features": list(municipal_features())}
-    # A lon/lat trace first: plotly.js looks at the first trace of a geo subplot to decide whether
-    # to download its world topojson from the CDN (which fails offline); this one needs none.
-    fig = go.Figure(go.Scattergeo(lon=[-102.0], lat=[23.0], mode="markers", marker=dict(opacity=0),
-                                  hoverinfo="skip", showlegend=False))
+    # The state outlines (as on the residual map) as the first trace: plotly.js looks at the first
+    # trace of a geo subplot to decide whether to download its world topojson from the CDN (which
+    # fails offline), and a lon/lat trace needs none.
+    lons, lats = state_outline()
+    fig = go.Figure(go.Scattergeo(lon=lons, lat=lats, mode="lines", hoverinfo="skip", showlegend=False,
+                                  line=dict(width=0.8, color="rgba(60,60,60,0.8)")))
     for category, colour in colours.items():
         part = table[table[column] == category]
         if part.empty:
@@ -187,7 +189,8 @@ def _category_map(table: pd.DataFrame, column: str, colours: dict, title: str):
 def _value_map(table: pd.DataFrame, column: str, label: str, palette: str = "RdBu"):
     from pumamed.epi.mapping import municipal_choropleth
 
-    result = municipal_choropleth(table, column, label=label, scheme="quantiles", k=7, palette=palette,
+    # Signed values (SHAP, residuals): classes split at zero, blue below, red above.
+    result = municipal_choropleth(table, column, label=label, scheme="diverging", k=8, palette=palette,
                                   reverse=True)
     return style_figure(result.figure, base_height=560)
 

@@ -30,6 +30,7 @@ SCHEMES: dict[str, str] = {
     "natural_breaks": "Natural breaks (Fisher-Jenks)",
     "equal_interval": "Equal intervals",
     "unclassed": "Unclassed (continuous)",
+    "diverging": "Diverging at zero (quantiles on each side)",
 }
 # Perceptually uniform and colour-blind safe (viridis family) or ColorBrewer schemes marked
 # colour-blind safe; the diverging ones suit signed data such as factor scores.
@@ -176,6 +177,17 @@ def classify(values, scheme: str = "quantiles", k: int = 5) -> Classification:
     if scheme == "quantiles":
         # Ties can merge quantiles: use the distinct ones (np.unique also sorts them).
         upper = np.quantile(observed, np.linspace(0, 1, k + 1)[1:])
+    elif scheme == "diverging":
+        # Zero is always a class boundary, so a class never mixes signs (signed effects such as
+        # SHAP values: the colour's hue then says the sign); quantiles on each side.
+        side = max(1, k // 2)
+        negative, positive = observed[observed < 0], observed[observed > 0]
+        upper = []
+        if negative.size:
+            upper += list(np.quantile(negative, np.linspace(0, 1, side + 1)[1:-1])) + [0.0]
+        if positive.size:
+            upper += list(np.quantile(positive, np.linspace(0, 1, side + 1)[1:]))
+        upper = np.asarray(upper if upper else [high], dtype=float)
     elif scheme == "natural_breaks":
         upper = fisher_jenks_breaks(observed, k)
     else:
@@ -204,6 +216,18 @@ def palette_colours(palette: str, n: int, reverse: bool = False) -> list[str]:
     points = [0.5] if n == 1 else list(np.linspace(0, 1, n))
     colours = pc.sample_colorscale(pc.get_colorscale(palette), points)
     return colours[::-1] if reverse else colours
+
+
+def diverging_colours(edges, palette: str, reverse: bool = False) -> list[str]:
+    """One colour per class of a ``diverging`` classification: classes below zero from the
+    palette's first half, classes above zero from its second half, so the hue gives the sign
+    and the same depth of colour means the same rank on either side."""
+    uppers = np.asarray(edges, dtype=float)[1:]
+    n_negative = int((uppers <= 0).sum())
+    n_positive = len(uppers) - n_negative
+    half = max(n_negative, n_positive, 1)
+    full = palette_colours(palette, 2 * half, reverse)
+    return full[half - n_negative:half] + full[half:half + n_positive]
 
 
 def stepped_colorscale(colours: list[str]) -> list[list]:
@@ -417,7 +441,10 @@ def municipal_choropleth(
         scale_args = dict(z=z, zmin=lo, zmax=hi if hi > lo else lo + 1, colorscale=colorscale,
                           colorbar=dict(title=dict(text=_colorbar_title(label, unit)), thickness=14, len=0.75))
     else:
-        colours = palette_colours(palette, classification.k, reverse)
+        if classification.scheme == "diverging":
+            colours = diverging_colours(classification.edges, palette, reverse)
+        else:
+            colours = palette_colours(palette, classification.k, reverse)
         z = classes[has_value].astype(float)
         tick_text = [f"{lab}  (n={n})" for lab, n in zip(classification.labels, counts)]
         scale_args = dict(
