@@ -27,6 +27,7 @@ from views._frame import (
     style_figure,
 )
 from pumamed.catalog import list_checkpoints
+from views._trust import show_trust
 
 SHORTCUT_RESULT_FILE = "shortcut_experiment.json"  # precomputed by `python -m pumamed audit shortcut --out ...`
 DEFAULT_DATASETS = ("nih_cxr14_1000", "brain_tumor_mri", "busi", "mini_mias", "pneumoniamnist", "breastmnist")
@@ -78,6 +79,20 @@ def _counterfactual(model_path: str, dataset: str, split: str, index: int, targe
     cf = latent_shift(loaded.model, ds[index][0], target, target_change=change, direction=direction,
                       class_names=loaded.class_names, task=loaded.task)
     return cf, counterfactual_gif(cf)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _trust_verdict(model_path: str, dataset: str, split: str, index: int):
+    """(uncalibrated probabilities, OOD verdict, calibrated probabilities) of one image, or Nones
+    for a checkpoint without trust.json (see pumamed.net.trust)."""
+    from pumamed.net.trust import image_verdict
+
+    loaded = _load_model(model_path)
+    trust = loaded.trust
+    if trust is None:
+        return None, None, None
+    ds = _dataset(dataset, split, loaded.image_size, _task(loaded, dataset))
+    return image_verdict(loaded.model, trust, ds[index][0][None].to(loaded.device), loaded.task)
 
 
 @st.cache_data(show_spinner="Computing saliency and occlusion…", max_entries=32)
@@ -379,6 +394,12 @@ with tab_explain:
         if loaded is None:
             _no_model_message()
     else:
+        with guarded("Checking the image against the training distribution"):
+            raw_p, ood, calibrated_p = _trust_verdict(selection["model"], selection["dataset"], selection["split"],
+                                                      index)
+            show_trust(ood, calibrated_p, raw_p, class_names, selection["model"])
+            if calibrated_p is not None:
+                st.caption("The counterfactual walk below follows the classifier's own (uncalibrated) probability.")
         with guarded("Counterfactual"):
             cf, gif = _counterfactual(selection["model"], selection["dataset"], selection["split"], index, target,
                                       direction, change)

@@ -21,7 +21,25 @@ def _dataset_table(root: str) -> list[dict]:
 
 @st.cache_data(ttl=60, show_spinner=False)
 def _checkpoints(root: str):
-    return [(c.name, str(c.path), c.config, c.metrics, c.card, c.problem) for c in list_checkpoints(root)]
+    return [(c.name, str(c.path), c.config, c.metrics, c.card, c.problem, c.trust) for c in list_checkpoints(root)]
+
+
+def _trust_figures(trust: dict) -> None:
+    """The model card's calibration and out-of-distribution figures (trust.json, test split)."""
+    from pumamed.trust_figures import calibration_rows, ood_rows
+
+    if not trust:
+        st.caption("Not calibrated yet: `python -m pumamed calibrate --model DIR` adds calibrated probabilities "
+                   "and the out-of-distribution warning.")
+        return
+    cal, ood = calibration_rows(trust), ood_rows(trust)
+    if cal:
+        st.markdown("**Calibration** (temperature scaling fitted on validation; test split)")
+        st.dataframe(pd.DataFrame(cal), hide_index=True)
+    if ood:
+        st.markdown("**Out-of-distribution score** (test split: AUROC of telling the model's own images from "
+                    "each dataset's; false alarms on its own images)")
+        st.dataframe(pd.DataFrame(ood), hide_index=True)
 
 
 st.title("PumaMed Explorer")
@@ -49,7 +67,7 @@ with guarded("Listing models"):
             "or set `PUMAMED_MODELS_DIR` to a folder of checkpoints.",
             icon=":material/model_training:",
         )
-    for name, path, cfg, metrics, card, problem in checkpoints:
+    for name, path, cfg, metrics, card, problem, trust in checkpoints:
         label = f"**{name}**: {cfg.get('task', cfg.get('arch', 'model'))}"
         if problem:
             label += f" (unusable: {problem})"
@@ -58,6 +76,7 @@ with guarded("Listing models"):
                 flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
                 if flat:
                     st.dataframe(pd.DataFrame([flat]), hide_index=True)
+            _trust_figures(trust)
             st.markdown(card or "_No model card._")
 
 st.header("Datasets")

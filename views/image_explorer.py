@@ -22,9 +22,10 @@ import streamlit as st
 
 from views._frame import controls, data_dir, guarded, is_presentation, missing_data_message, models_dir, \
     show_error, style_figure
-from pumamed.catalog import CONFIG_FILE, WEIGHTS_FILE, describe_checkpoint, list_checkpoints
+from pumamed.catalog import CONFIG_FILE, TRUST_FILE, WEIGHTS_FILE, describe_checkpoint, list_checkpoints
 from pumamed.errors import CheckpointError, InputError, PumaMedError
 from pumamed.imaging.matching import modality_mismatch_warning, modality_name
+from views._trust import show_trust
 
 SOURCES = ("Dataset", "Upload", "Prior sample")
 MODALITY_NAMES = {"chest_xray": "Chest X-ray", "brain_mri": "Brain MRI", "breast_ultrasound": "Breast ultrasound",
@@ -39,7 +40,7 @@ MAP_MAX_POINTS = 2000
 def _stamp(path: str) -> float:
     """Modification time of a checkpoint's weights and config: a retrained model gets a new key."""
     folder = Path(path)
-    return max((folder / f).stat().st_mtime for f in (WEIGHTS_FILE, CONFIG_FILE) if (folder / f).exists())
+    return max((folder / f).stat().st_mtime for f in (WEIGHTS_FILE, CONFIG_FILE, TRUST_FILE) if (folder / f).exists())
 
 
 @st.cache_data(ttl=60, show_spinner=False)
@@ -462,6 +463,10 @@ path, stamp = model_row["path"], _stamp(model_row["path"])
 st.header("Reconstruction and attention weights")
 with guarded("Reconstructing"):
     analysis = _analysis(path, stamp, current.image)
+    # trust: the out-of-distribution warning and the calibrated probabilities (issue 24)
+    flagged = bool(analysis.ood and analysis.ood["flagged"])
+    show_trust(analysis.ood, analysis.probabilities, analysis.raw_probabilities, session.class_names, path,
+               what="upload" if current.caption.startswith("upload") else "image")
     _show_panels([
         ("original", analysis.image, "grey"),
         ("reconstruction", analysis.reconstruction, "grey"),
@@ -478,9 +483,12 @@ with guarded("Reconstructing"):
         names = session.class_names or [str(i) for i in range(len(analysis.probabilities))]
         top = int(np.argmax(analysis.probabilities))
         # The probability is its own figure, not a delta: an arrow would read as an improvement.
-        cols[3].metric("Classifier on mu", names[top] if top < len(names) else str(top),
-                       help="the class with the highest probability, from the latent mean mu")
-        cols[4].metric("Probability of that class", f"{analysis.probabilities[top]:.2f}")
+        cols[3].metric("Classifier on mu" + (" (unreliable)" if flagged else ""),
+                       (names[top] if top < len(names) else str(top)) + (" ⚠" if flagged else ""),
+                       help="the class with the highest probability, from the latent mean mu"
+                            + ("; unreliable: the image is outside the training distribution" if flagged else ""))
+        cols[4].metric("Probability of that class" + (" (calibrated)" if analysis.raw_probabilities is not None
+                                                      else ""), f"{analysis.probabilities[top]:.2f}")
     st.caption(current.caption + (" · " + ", ".join(f"{k}: {v}" for k, v in current.metadata.items()
                                                    if k not in {"dataset", "split", "label", "class_name"})
                                   if current.metadata else ""))

@@ -588,6 +588,9 @@ def evaluate_trust(model_dir, dataset: str, split: str = "test", ood=None, data_
     return out
 
 
+from pumamed.trust_figures import calibration_rows, ood_rows  # noqa: E402,F401 (re-exported)
+
+
 def summary(report: dict) -> dict:
     """Flat figures for a model card: temperature, test ECE before/after, false alarms, worst far
     and near AUROC."""
