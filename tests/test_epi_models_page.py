@@ -65,6 +65,11 @@ def test_models_page_outcomes_and_settings(epi_root):
 def test_models_page_in_presentation_mode_without_covariates(epi_root):
     at = _open(presentation=True)
     _no_errors(at)
+    # covariates without any 2020 value are not offered; the others show their coverage
+    options = at.multiselect(key="models_covariates").options
+    assert options and all(" covered" in o for o in options)
+    assert not any(o.endswith("· 0% covered") for o in options), [o for o in options if "· 0%" in o]
+    assert len(options) < 55, "covariates without coverage are still offered"
     at.multiselect(key="models_covariates").set_value([]).run()
     _no_errors(at)
     assert any("at least one covariate" in i.value for i in at.info)
@@ -97,3 +102,12 @@ def test_severity_outcomes_fit_and_say_what_an_empty_selection_means(epi_root):
     lisa = next(f for f in figures if "LISA clusters" in json.dumps(f["layout"].get("title", "")))
     outlines = [t for t in lisa["data"] if t["type"] == "scattergeo" and t.get("mode") == "lines"]
     assert outlines, "no state outlines on the LISA map"
+    # charts speak in labels, on the binomial model's scale, and no two covariates share a colour
+    path = next(f for f in figures if "Coefficient path" in json.dumps(f["layout"].get("title", "")))
+    assert "log odds" in json.dumps(path["layout"]["title"]) and "rate" not in json.dumps(path["layout"]["title"])
+    names = [t["name"] for t in path["data"] if t.get("name")]
+    assert names and not [n for n in names if n.startswith("ses_")], names
+    looks = [(t["line"]["color"], t["line"].get("dash")) for t in path["data"] if t.get("name")]
+    assert len(set(looks)) == len(looks), "two covariates share a colour in the coefficient path"
+    dependence = next(f for f in figures if "SHAP dependence" in json.dumps(f["layout"].get("title", "")))
+    assert "ses_" not in json.dumps(dependence["layout"]["xaxis"].get("title", ""))

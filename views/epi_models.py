@@ -46,15 +46,48 @@ def _fit(spec_items: tuple):
 
 
 # ---------------------------------------------------------------- figures
+def _label(name: str) -> str:
+    """The covariate's readable label (as in the sidebar), not its column name."""
+    return labels.get(name, name)
+
+
+def _wrap(text: str, width: int = 22) -> str:
+    """Line breaks for plotly titles, which clip rather than wrap."""
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + len(word) + 1 > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "<br>".join(lines + [line])
+
+
+def _scale_name(result) -> str:
+    """What the model's coefficients are on: log odds (binomial severity) or log rate (counts)."""
+    return "log odds" if result.family == "binomial" else "log rate"
+
+
+def _axis_title(result, name: str) -> str:
+    return _label(name) + (" (log1p scale)" if name in result.transformed else "")
+
+
 def _path_figure(result):
+    from plotly.colors import qualitative
+
+    # 24 dark then 24 light hues, and a dash style per round: no two covariates share a look.
+    colours = qualitative.Dark24 + qualitative.Light24
+    dashes = ("solid", "dash", "dot")
     fig = go.Figure()
     path = result.path
-    for name, rows in path.groupby("variable", sort=False):
-        fig.add_trace(go.Scatter(x=rows["log10_lambda"], y=rows["coefficient"], mode="lines", name=name,
-                                 hovertemplate=f"{name}<br>log10 λ=%{{x:.2f}}<br>coef/SD=%{{y:.3f}}<extra></extra>"))
+    for k, (name, rows) in enumerate(path.groupby("variable", sort=False)):
+        fig.add_trace(go.Scatter(
+            x=rows["log10_lambda"], y=rows["coefficient"], mode="lines", name=_label(name),
+            line=dict(color=colours[k % len(colours)], dash=dashes[(k // len(colours)) % len(dashes)]),
+            hovertemplate=f"{_label(name)}<br>log10 λ=%{{x:.2f}}<br>coef/SD=%{{y:.3f}}<extra></extra>"))
     _lambda_lines(fig, result)
-    fig.update_layout(title="Coefficient path (per SD, log scale of the rate)", xaxis_title="log10 λ",
-                      yaxis_title="coefficient per SD", xaxis_autorange="reversed")
+    fig.update_layout(title=f"Coefficient path (per SD, {_scale_name(result)})", xaxis_title="log10 λ",
+                      yaxis_title=f"coefficient per SD ({_scale_name(result)})", xaxis_autorange="reversed")
     return style_figure(fig)
 
 
@@ -81,7 +114,7 @@ def _cv_figure(result):
 def _forest_figure(table, ratio):
     table = table.sort_values("ratio_per_sd")
     fig = go.Figure(go.Scatter(
-        x=table["ratio_per_sd"], y=table["variable"], mode="markers", marker=dict(size=10),
+        x=table["ratio_per_sd"], y=[_label(v) for v in table["variable"]], mode="markers", marker=dict(size=10),
         error_x=dict(type="data", symmetric=False, array=table["ci_high"] - table["ratio_per_sd"],
                      arrayminus=table["ratio_per_sd"] - table["ci_low"]),
         hovertemplate=f"%{{y}}<br>{ratio} per SD=%{{x:.3f}}<extra></extra>"))
@@ -93,7 +126,7 @@ def _forest_figure(table, ratio):
 
 def _stability_figure(stability):
     data = stability.sort_values("selection_frequency")
-    fig = go.Figure(go.Bar(x=data["selection_frequency"], y=data["variable"], orientation="h",
+    fig = go.Figure(go.Bar(x=data["selection_frequency"], y=[_label(v) for v in data["variable"]], orientation="h",
                            marker_color=np.where(data["selected"], "#1f77b4", "#bbbbbb")))
     fig.add_vline(x=0.6, line_dash="dash", line_color="grey", annotation_text="0.6")
     fig.update_layout(title="Stability selection: share of bootstrap resamples selecting each covariate",
@@ -113,9 +146,9 @@ def _pdp_figure(result, feature):
                              line=dict(width=4, color="#d62728")))
     fig.add_trace(go.Scatter(x=ale["value"], y=ale["ale"], mode="lines+markers", name="ALE",
                              line=dict(width=3, color="#1f77b4", dash="dash")))
-    fig.update_layout(title=f"{feature}: centred ICE (grey), partial dependence and ALE",
-                      xaxis_title=feature + (" (log1p)" if feature in result.transformed else ""),
-                      yaxis_title="effect on log relative rate")
+    fig.update_layout(title=_wrap(f"{_label(feature)}: centred ICE (grey), partial dependence and ALE", 60),
+                      xaxis_title=_axis_title(result, feature),
+                      yaxis_title=f"effect on the {_scale_name(result)}")
     return style_figure(fig)
 
 
@@ -132,11 +165,12 @@ def _shap_summary_figure(result, max_features=12):
             x=shap[name].to_numpy(), y=k + rng.uniform(-0.3, 0.3, len(values)), mode="markers",
             marker=dict(size=4, color=ranks, colorscale="RdBu_r", cmin=0, cmax=1, showscale=(k == 0),
                         colorbar=dict(title="feature<br>value (rank)", tickvals=[0, 1], ticktext=["low", "high"])),
-            name=name, showlegend=False,
-            hovertemplate=f"{name}<br>SHAP=%{{x:.3f}}<extra></extra>"))
-    fig.update_layout(title="SHAP summary: contribution of each covariate to each municipality's log relative rate",
-                      xaxis_title="SHAP value (log relative rate)",
-                      yaxis=dict(tickvals=list(range(len(order))), ticktext=order))
+            name=_label(name), showlegend=False,
+            hovertemplate=f"{_label(name)}<br>SHAP=%{{x:.3f}}<extra></extra>"))
+    fig.update_layout(title=_wrap("SHAP summary: contribution of each covariate to each municipality's "
+                                  f"{_scale_name(result)}", 90),
+                      xaxis_title=f"SHAP value ({_scale_name(result)})",
+                      yaxis=dict(tickvals=list(range(len(order))), ticktext=[_label(n) for n in order]))
     fig.add_vline(x=0, line_color="grey")
     return style_figure(fig, base_height=max(360, 80 + 34 * len(order)))
 
@@ -146,10 +180,11 @@ def _shap_dependence_figure(result, feature, colour_by):
     fig = go.Figure(go.Scattergl(
         x=X[feature], y=result.shap[feature], mode="markers",
         marker=dict(size=5, color=X[colour_by], colorscale="Viridis", showscale=True,
-                    colorbar=dict(title=colour_by[:18])),
+                    colorbar=dict(title=_wrap(_axis_title(result, colour_by), 18))),
         text=X.index, hovertemplate="%{text}<br>value=%{x:.3g}<br>SHAP=%{y:.3f}<extra></extra>"))
-    fig.update_layout(title=f"SHAP dependence: {feature} (colour: {colour_by})", xaxis_title=feature,
-                      yaxis_title="SHAP value (log relative rate)")
+    fig.update_layout(title=_wrap(f"SHAP dependence: {_label(feature)} (colour: {_label(colour_by)})", 60),
+                      xaxis_title=_axis_title(result, feature),
+                      yaxis_title=f"SHAP value ({_scale_name(result)})")
     return style_figure(fig)
 
 
@@ -264,9 +299,13 @@ with controls("Model settings"):
         else:
             spec.update(outcome="table", table_bytes=upload.getvalue(), table_name=upload.name)
 
-    chosen_covs = st.multiselect("Covariates", covariate_table["name"].tolist(), default=default_covs,
+    # Covariates without a value in the modelled year would empty the design: not offered.
+    offered = [n for n in covariate_table["name"] if coverage.get(n, 0) > 0]
+    chosen_covs = st.multiselect("Covariates", offered, default=[c for c in default_covs if c in offered],
                                  key="models_covariates",
-                                 format_func=lambda n: f"{labels.get(n, n)} ({coverage.get(n, 0):.0%} covered)")
+                                 help="coverage: share of the 2,469 municipalities with a 2020 value; a model "
+                                      "keeps only municipalities with every chosen covariate",
+                                 format_func=lambda n: f"{labels.get(n, n)} · {coverage.get(n, 0):.0%} covered")
     spec["covariates"] = tuple(chosen_covs)
     if kind != OUTCOME_KINDS[1]:
         spec["family"] = st.radio("Count family", ["negbin", "poisson"], horizontal=True, key="models_family",
@@ -383,9 +422,10 @@ with tab_boost, guarded("Boosting"):
             right.plotly_chart(_shap_dependence_figure(result, feature, colour_by if colour_by in others else others[0]))
             with guarded("SHAP map"):
                 table = pd.DataFrame({"CVEGEO": result.shap.index, "shap": result.shap[feature].to_numpy()})
-                st.plotly_chart(_value_map(table, "shap", f"SHAP of {feature}"))
-                st.caption("Each municipality's SHAP contribution of this covariate (log relative rate): red raises "
-                           "the expected rate, blue lowers it.")
+                st.plotly_chart(_value_map(table, "shap", f"SHAP of {_label(feature)}"))
+                target = "proportion" if result.family == "binomial" else "rate"
+                st.caption(f"Each municipality's SHAP contribution of this covariate ({_scale_name(result)}), in "
+                           f"classes split at zero: red raises the expected {target}, blue lowers it.")
 
         _explanations()
 
