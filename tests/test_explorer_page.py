@@ -244,3 +244,26 @@ def test_dataset_list_follows_the_models_modality(monkeypatch, two_modality_mode
     assert at.selectbox(key="ie_dataset").value == "pneumoniamnist"
     assert set(options) <= {"pneumoniamnist", "nih_cxr14_1000"}, options
     assert not at.warning
+
+
+@pytest.mark.slow
+def test_latent_map_colours_one_finding_and_starts_on_the_current_image(monkeypatch, two_modality_models,
+                                                                         imaging_root):
+    at = _open(monkeypatch, two_modality_models)
+    at.selectbox(key="ie_model").set_value(str(two_modality_models / "chest_tiny"))
+    at.run()
+    at.selectbox(key="ie_dataset").set_value("nih_cxr14_1000")
+    at.run()
+    at.number_input(key="ie_position").set_value(5)
+    at.session_state["ie_tab"] = MAP_TAB
+    at.run()
+    _ok(at)
+    colours = at.selectbox(key="ie_map_colour").options
+    # multi-label NIH: one finding at a time, not ~30 combinations of findings
+    assert "class" not in colours and any(c.startswith("finding: Effusion") for c in colours), colours
+    at.selectbox(key="ie_map_colour").set_value(next(c for c in colours if c.startswith("finding: Effusion")))
+    at.run()
+    _ok(at)
+    pick = next(s for s in at.selectbox if s.key and s.key.startswith("ie_map_pick"))
+    assert pick.value == 4, pick.value  # image 5 of the page is index 4 of the split
+    assert at.caption and any(c.value.startswith("nih_cxr14_1000 · val #5 of ") for c in at.caption)
