@@ -74,6 +74,13 @@ def test_factors_page_reproduces_conapo_with_one_factor(epi_root):
 
     at.toggle(key="fa_follow").set_value(False)
     at.run()  # the number of factors is enabled once the toggle is off
+    # ... and starts from the suggestion (2 factors for CONAPO's nine indicators), not from 1
+    assert at.number_input(key="fa_k").value == 2
+    assert not at.warning
+    at.number_input(key="fa_k").set_value(8)  # 8 factors from 9 indicators: not identified
+    at.run()
+    _ok(at)
+    assert any("8 factors from 9 indicators" in w.value and "At most 5" in w.value for w in at.warning)
     at.number_input(key="fa_k").set_value(1)
     at.run()
     _ok(at)
@@ -171,3 +178,11 @@ def test_diverging_classes_split_at_zero_and_colour_by_sign():
     for colour, upper in zip(colours, uppers):
         r, _, b = rgb(colour)
         assert (r > b) == (upper > 0), (colour, upper)
+
+
+def test_ledermann_bound_on_the_number_of_factors():
+    from pumamed.epi.factors import max_identified_factors, too_many_factors_message
+
+    assert [max_identified_factors(p) for p in (3, 4, 5, 9, 10)] == [1, 1, 2, 5, 6]
+    assert too_many_factors_message(5, 9) is None
+    assert "negative degrees of freedom" in too_many_factors_message(6, 9)

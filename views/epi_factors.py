@@ -16,7 +16,9 @@ from pumamed.epi.factors import (
     adequacy,
     conapo_2020_indicators,
     indicator_table,
+    max_identified_factors,
     parallel_analysis,
+    too_many_factors_message,
 )
 from pumamed.epi.io import epi_dir
 from pumamed.epi.mapping import DIVERGING_PALETTES, municipal_choropleth, municipal_names
@@ -158,8 +160,13 @@ with guarded("Reading the indicators"):
         rotation_key = st.selectbox("Rotation", list(ROTATION_LABELS), format_func=ROTATION_LABELS.get,
                                     key="fa_rotation")
         follow = st.toggle("Number of factors from parallel analysis", True, key="fa_follow")
-        manual_k = st.number_input("Number of factors", 1, max(1, len(chosen) - 1), 1, key="fa_k",
-                                   disabled=follow)
+        if follow and len(chosen) >= 3:
+            # Track the suggestion while it is followed, so switching it off starts from it, not from 1.
+            st.session_state["fa_k"] = min(max(1, _parallel(str(root), tuple(chosen)).n_factors), len(chosen) - 1)
+        manual_k = st.number_input("Number of factors", 1, max(1, len(chosen) - 1), key="fa_k",
+                                   disabled=follow,
+                                   help=f"at most {max_identified_factors(len(chosen))} can be identified from "
+                                        f"{len(chosen)} indicators")
 
     if len(chosen) < 3:
         st.info("Choose at least three indicators.", icon=":material/info:")
@@ -186,6 +193,9 @@ with guarded("Reading the indicators"):
     suggestion = _parallel(str(root), columns)
     n_factors = max(1, suggestion.n_factors) if follow else int(manual_k)
     n_factors = min(n_factors, len(columns) - 1)
+    too_many = too_many_factors_message(n_factors, len(columns))
+    if too_many:
+        st.warning(too_many, icon=":material/warning:")
     left, right = st.columns([3, 2])
     left.plotly_chart(style_figure(_scree_figure(suggestion), base_height=380), width="stretch", key="fa_scree")
     right.markdown(

@@ -423,6 +423,27 @@ VALIDATION_VARIABLE = "ses_marginalization_index"  # CONAPO's IM_2020 (higher = 
 _NUMERIC_KINDS = ("continuous", "count", "share")
 
 
+def max_identified_factors(n_indicators: int) -> int:
+    """The most factors a common-factor model of ``n_indicators`` can identify: the Ledermann
+    bound, where the degrees of freedom ((p - k)^2 - (p + k)) / 2 are still >= 0 (5 of 9)."""
+    p = int(n_indicators)
+    k = 0
+    while k + 1 < p and (p - k - 1) ** 2 - (p + k + 1) >= 0:
+        k += 1
+    return max(1, k)
+
+
+def too_many_factors_message(n_factors: int, n_indicators: int) -> str | None:
+    """A warning when ``n_factors`` exceeds what ``n_indicators`` can identify, else None."""
+    limit = max_identified_factors(n_indicators)
+    if n_factors <= limit:
+        return None
+    return (f"{n_factors} factors from {n_indicators} indicators: the model has more free parameters than the "
+            f"correlations it must reproduce (negative degrees of freedom), so its loadings are not identified. "
+            f"At most {limit} factors can be identified from {n_indicators} indicators; parallel analysis "
+            "suggests how many are worth keeping.")
+
+
 def conapo_2020_indicators() -> list[str]:
     """Panel names of CONAPO's nine 2020 indicators (ANALF, SBASC, ... PO2SM), in official order."""
     from pumamed.epi.panel import panel_sources
