@@ -37,9 +37,12 @@ def _open(monkeypatch, models: Path, presentation: bool = False) -> AppTest:
     return at
 
 
-def _no_errors(at: AppTest):
+def _no_errors(at: AppTest, allow_ood: bool = False):
+    """No exception and no error; ``allow_ood``: except the out-of-distribution warning (issue 24),
+    which is right when a model is shown images of another population (e.g. NIH on the chest model)."""
     assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+    errors = [e.value for e in at.error if not (allow_ood and "Outside what this model was trained on" in e.value)]
+    assert not errors, errors
 
 
 def test_default_view_explains_an_image_and_reacts_to_controls(monkeypatch, models_root):
@@ -96,6 +99,25 @@ def test_shortcut_experiment_runs_from_the_page(monkeypatch, tmp_path, imaging_r
     _no_errors(at)
     labels = [m.label for m in at.metric]
     assert "AUC, token swapped" in labels and "Token found in mu (AUC)" in labels
+    assert any(c.value.startswith("Showing the run made here") for c in at.caption)
+
+
+def test_shortcut_tab_never_shows_the_servers_absolute_path(monkeypatch, tmp_path):
+    import shutil
+
+    from pumamed import config
+
+    shipped = config.models_dir() / "shortcut_experiment.json"
+    if not shipped.is_file():
+        pytest.skip("no precomputed shortcut experiment in the models directory")
+    outside = tmp_path / "server" / "checkout" / "models"
+    outside.mkdir(parents=True)
+    shutil.copy(shipped, outside / shipped.name)
+    at = _open(monkeypatch, outside)
+    texts = [c.value for c in at.caption] + [m.value for m in at.markdown]
+    shown = next(t for t in texts if t.startswith("Showing the precomputed experiment"))
+    assert "$PUMAMED_MODELS_DIR/shortcut_experiment.json" in shown
+    assert not [t for t in texts if str(tmp_path) in t], "an absolute server path is on the page"
 
 
 def test_datasets_follow_the_models_modality_and_numbering_agrees(monkeypatch, models_root):
@@ -140,7 +162,7 @@ def test_audit_of_a_classifier_at_chance_says_so_and_keeps_the_attribute_part(mo
     at.run()
     at.button(key="ea_audit_run").click()
     at.run()
-    _no_errors(at)
+    _no_errors(at, allow_ood=True)
     warning = " ".join(w.value for w in at.warning)
     assert "cannot be judged" in warning and "includes chance" in warning
     labels = [m.label for m in at.metric]
@@ -151,6 +173,6 @@ def test_audit_of_a_classifier_at_chance_says_so_and_keeps_the_attribute_part(mo
     # another attribute: the sex results leave the screen until the audit is run again
     at.selectbox(key="ea_attribute").set_value("view")
     at.run()
-    _no_errors(at)
+    _no_errors(at, allow_ood=True)
     assert not [m for m in at.metric if m.label.endswith("from mu (AUC)")]
     assert any("Run audit" in c.value and "view" in c.value for c in at.caption)

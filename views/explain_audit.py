@@ -293,6 +293,20 @@ def _show_audit(report, index: int) -> None:
             st.caption(f"Note: {note}")
 
 
+def _shown_path(path) -> str:
+    """A path as the page may show it: relative to the project, else under $PUMAMED_MODELS_DIR,
+    never the server's absolute path (it says nothing to the audience and exposes the checkout)."""
+    from pathlib import Path
+
+    from views._frame import ROOT
+
+    path = Path(path)
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return f"$PUMAMED_MODELS_DIR/{path.name}"
+
+
 # ----------------------------------------------------------------------------- page
 st.title("Explain & audit")
 st.caption("Why did PumaMedNet decide this, and does its latent space encode who the patient is? "
@@ -529,11 +543,13 @@ with tab_shortcut:
                "latent space, show that the classifier depends on it (AUC on test images with the token swapped "
                "to the other class), and mitigation must remove that dependence.")
     precomputed = models_dir() / SHORTCUT_RESULT_FILE
+    command = f"python -m pumamed audit shortcut --out {_shown_path(precomputed)}"
     result, examples = None, None
+    origin = st.empty()  # which run is shown: the precomputed one, or the one run here
     if precomputed.is_file():
         with guarded("Reading the precomputed experiment"):
             result = json.loads(precomputed.read_text(encoding="utf-8"))
-            st.caption(f"Precomputed with `python -m pumamed audit shortcut --out {precomputed}`.")
+            origin.caption(f"Showing the precomputed experiment (`{command}`).")
     if not data_root.is_dir() or "pneumoniamnist" not in datasets:
         if result is None:
             missing_data_message("PneumoniaMNIST", "imaging/pneumoniamnist.npz")
@@ -549,6 +565,9 @@ with tab_shortcut:
         if st.session_state.get("ea_sc_args"):
             with guarded("Shortcut experiment"):
                 result, examples = _shortcut(*st.session_state["ea_sc_args"])
+                sc_rate, sc_epochs, sc_train = st.session_state["ea_sc_args"][:3]
+                origin.caption(f"Showing the run made here: token rate {sc_rate:.2f}, {sc_epochs} epochs, "
+                               f"{sc_train} training images.")
     if result is not None:
         with guarded("Showing the experiment"):
             h = result["head_auc"]
@@ -583,7 +602,7 @@ with tab_shortcut:
             st.dataframe(mt.round(3), hide_index=True, width="stretch")
     elif data_root.is_dir() and "pneumoniamnist" in datasets:
         st.caption("Press the button to run it (or precompute it with "
-                   f"`python -m pumamed audit shortcut --out {precomputed}`).")
+                   f"`{command}`).")
 
 # --- tab 5: disentanglement ---------------------------------------------------------------------
 with tab_dis:
