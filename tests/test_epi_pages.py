@@ -38,6 +38,8 @@ def test_map_page_changes_variable_scheme_and_state(epi_root):
     _ok(at)
     assert at.selectbox(key="map_variable").value == "ses_marginalization_index"
     assert _metric(at, "Municipalities with data") == "2,469 / 2,469"
+    source = next(c.value for c in at.caption if c.value.startswith("**Source:**"))
+    assert "year shown 2020" in source, source
 
     at.selectbox(key="map_variable").set_value("ses_illiteracy_pct")
     at.selectbox(key="map_scheme").set_value("natural_breaks")
@@ -186,3 +188,14 @@ def test_ledermann_bound_on_the_number_of_factors():
     assert [max_identified_factors(p) for p in (3, 4, 5, 9, 10)] == [1, 1, 2, 5, 6]
     assert too_many_factors_message(5, 9) is None
     assert "negative degrees of freedom" in too_many_factors_message(6, 9)
+
+
+def test_quantities_and_source_years_read_as_sentences():
+    from pumamed.epi.mapping import format_quantity, source_years_note
+
+    assert format_quantity(1, "patients") == "1 patient"
+    assert format_quantity(2, "patients") == "2 patients"
+    assert format_quantity(1, "municipalities") == "1 municipality"
+    assert format_quantity(1, "µg/m³") == "1 µg/m³"
+    assert source_years_note("2000-2024", 2020) == "year shown 2020; the source covers 2000-2024"
+    assert source_years_note("2020", 2020) == "year shown 2020"

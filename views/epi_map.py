@@ -9,7 +9,8 @@ import streamlit as st
 from views._frame import controls, data_dir, guarded, is_presentation, missing_data_message, style_figure
 from pumamed.epi.geometry import MUNICIPALITY_RDATA
 from pumamed.epi.io import epi_dir
-from pumamed.epi.mapping import PALETTES, SCHEMES, municipal_choropleth, state_choices
+from pumamed.epi.mapping import (PALETTES, SCHEMES, format_quantity, municipal_choropleth, source_years_note,
+                                  state_choices)
 
 GEOMETRY_FILE = "epi/geo_mxmaps_2020/raw/data/mxmunicipio.map.RData"  # as the message shows it
 NUMERIC_KINDS = ("continuous", "count", "share")
@@ -59,7 +60,7 @@ def _map(root: str, variable: str, year: int, states: tuple[str, ...], scheme: s
         data[["CVEGEO", variable]], variable, label=meta["label"], unit=unit, scheme=scheme, k=k,
         palette=palette, reverse=reverse, states=list(states) or None,
         classify_within_selection=not national_classes, renderer="maplibre" if basemap else "geo",
-        title=f"{meta['label']} ({year})", data_dir=root,
+        title=meta["label"] if str(year) in str(meta["label"]) else f"{meta['label']} ({year})", data_dir=root,
     )
     extra = data.drop(columns=[variable]).set_index("CVEGEO")
     table = result.table.join(extra, on="CVEGEO") if len(extra.columns) else result.table
@@ -126,12 +127,12 @@ with guarded("Loading the municipal panel"):
     cols = st.columns(4)
     cols[0].metric("Municipalities with data", f"{int(values.notna().sum()):,} / {len(values):,}")
     if values.notna().any():
-        cols[1].metric("Median", f"{np.nanmedian(values):,.3g} {unit}".strip())
+        cols[1].metric("Median", format_quantity(float(np.nanmedian(values)), unit))
         cols[2].metric("Minimum", f"{np.nanmin(values):,.3g}")
         cols[3].metric("Maximum", f"{np.nanmax(values):,.3g}")
     st.plotly_chart(style_figure(figure, base_height=560), width="stretch",
                     config={"scrollZoom": True, "displaylogo": False}, key="municipal_map")
-    st.caption(f"**Source:** {meta['source']} (reference year {meta['year'] or year}). "
+    st.caption(f"**Source:** {meta['source']} ({source_years_note(meta['year'], year)}). "
                f"**Classes:** {SCHEMES[classification.scheme]}"
                + (f", {classification.k} classes" if classification.scheme != "unclassed" else "")
                + ". Hover a municipality for its name, state and value; scroll to zoom, drag to pan.")

@@ -59,6 +59,28 @@ class Classification:
         return self.labels[index] if index >= 0 else "no data"
 
 
+def format_quantity(value: float, unit: str = "") -> str:
+    """A number with its unit, in the singular for exactly one counted thing: "1 patient",
+    "2 patients", "20.8 µg/m³" (units that are not plural nouns are left as they are)."""
+    text = format_number(value, unit)
+    if unit and np.isfinite(value) and float(value) == 1.0:
+        words = unit.split()
+        last = words[-1]
+        if last.isalpha() and last.endswith("s") and not last.endswith("ss") and len(last) > 3:
+            singular = last[:-3] + "y" if last.endswith("ies") else last[:-1]
+            text = format_number(value, " ".join(words[:-1] + [singular]))
+    return text
+
+
+def source_years_note(source_years, shown_year: int) -> str:
+    """The year a map shows, with the source's span when that differs ("2020; the source covers
+    2000-2024"), so the line under a map titled 2020 does not read as another year."""
+    span = str(source_years or "").strip()
+    if not span or span == str(shown_year):
+        return f"year shown {shown_year}"
+    return f"year shown {shown_year}; the source covers {span}"
+
+
 def format_number(value: float, unit: str = "") -> str:
     """Compact human number: 3 significant digits, thousands separators for large values."""
     if value is None or not np.isfinite(value):
