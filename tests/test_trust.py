@@ -264,3 +264,17 @@ def test_cross_modality_upload_is_flagged(monkeypatch, tmp_path, imaging_root, o
     _upload(at, path)
     assert not any("Outside what this model" in e.value for e in at.error), [e.value for e in at.error]
     assert any("looks like the model's training data" in c.value for c in at.caption)
+
+
+def test_training_calibrates_at_the_end_unless_told_not_to(imaging_root, tmp_path, one_torch_thread):
+    from pumamed.cli import main
+
+    common = ["train", "--dataset", "breastmnist", "--size", "32", "--latent", "8", "--widths", "8,16,32",
+              "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "16", "--quiet"]
+    with redirect_stdout(io.StringIO()):
+        assert main([*common, "--out", str(tmp_path / "calibrated")]) == 0
+        assert main([*common, "--no-calibrate", "--out", str(tmp_path / "plain")]) == 0
+    trust = T.load_trust(tmp_path / "calibrated")
+    assert trust is not None and trust.temperature > 0 and trust.has_ood
+    assert trust.report["test"]["ood"]["datasets"], "the run reports the OOD figures on the test splits"
+    assert T.load_trust(tmp_path / "plain") is None

@@ -432,7 +432,7 @@ def calibrate_checkpoint(model_dir, dataset: str | None = None, data_dir=None, d
     if not 0.5 <= quantile < 1.0:
         raise InputError("--quantile must be in [0.5, 1)")
     log = log or (lambda message: None)
-    device = select_device(device)
+    device = select_device(None if device is None else str(device))
     folder = Path(model_dir)
     loaded = load_model(folder, device=device)
     own = [dataset] if dataset else _own_datasets(loaded)
@@ -563,7 +563,7 @@ def evaluate_trust(model_dir, dataset: str, split: str = "test", ood=None, data_
             raise InputError(f"unknown dataset {name!r} in --ood (registered: {', '.join(DATASETS)})")
         if name == dataset:
             raise InputError(f"--ood {name} is the model's own dataset; name other datasets")
-    device = select_device(device)
+    device = select_device(None if device is None else str(device))
     loaded = load_model(model_dir, device=device)
     trust = load_trust(model_dir)
     hint = f"no {TRUST_FILE} in {model_dir}: run python -m pumamed calibrate --model {model_dir}"
