@@ -71,13 +71,13 @@ def _codes(model_path: str, dataset: str, split: str, max_items: int | None):
 
 @st.cache_data(show_spinner="Searching the counterfactual…", max_entries=32)
 def _counterfactual(model_path: str, dataset: str, split: str, index: int, target: int, direction: str,
-                    change: float):
+                    change: float, detail: str = "image"):
     from pumamed.explain.counterfactual import counterfactual_gif, latent_shift
 
     loaded = _load_model(model_path)
     ds = _dataset(dataset, split, loaded.image_size, _task(loaded, dataset))
     cf = latent_shift(loaded.model, ds[index][0], target, target_change=change, direction=direction,
-                      class_names=loaded.class_names, task=loaded.task)
+                      class_names=loaded.class_names, task=loaded.task, detail=detail)
     return cf, counterfactual_gif(cf)
 
 
@@ -401,6 +401,13 @@ if ready:
         direction = st.radio("Counterfactual", ["decrease", "increase", "both"], horizontal=True, key="ea_dir",
                              help="decrease: remove the evidence for the class (Gifsplanation); increase: add it")
         change = st.slider("Stop when the probability moved by", 0.05, 0.8, 0.3, 0.05, key="ea_change")
+        detail = "image"
+        if getattr(getattr(loaded, "model", None), "has_detail", False):
+            detail = st.radio("Detail", ["image", "resampled", "mean"], horizontal=True, key="ea_detail",
+                              format_func={"image": "this image", "resampled": "resampled", "mean": "mean"}.get,
+                              help="The model has a spatial detail code beside the global code: the counterfactual "
+                                   "walks the global code and holds the detail at the image's own value, a draw "
+                                   "from its posterior, or the prior mean.")
 
 # --- tab 1: counterfactual + saliency ---------------------------------------------------------
 with tab_explain:
@@ -416,7 +423,7 @@ with tab_explain:
                 st.caption("The counterfactual walk below follows the classifier's own (uncalibrated) probability.")
         with guarded("Counterfactual"):
             cf, gif = _counterfactual(selection["model"], selection["dataset"], selection["split"], index, target,
-                                      direction, change)
+                                      direction, change, detail)
             meta = dataset_obj.metadata.iloc[index]
             truth = meta.get("class_name", meta.get("label", "?"))
             st.subheader(f"What would have to change for the model to be {'less' if direction != 'increase' else 'more'} "

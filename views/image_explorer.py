@@ -107,10 +107,10 @@ def _encodings(path: str, stamp: float, name: str, split: str, root: str, n: int
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _traversal(path: str, stamp: float, base: np.ndarray, dims: tuple, steps: int, span: float,
-               scale: np.ndarray | None, labels: tuple):
+               scale: np.ndarray | None, labels: tuple, detail: np.ndarray | None = None):
     from pumamed.explain.export import grid_png
 
-    grid = _session(path, stamp).traverse(base, list(dims), n_steps=steps, span=span, scale=scale)
+    grid = _session(path, stamp).traverse(base, list(dims), n_steps=steps, span=span, scale=scale, detail=detail)
     png = grid_png(grid.images, list(labels), grid.column_labels(), scale=2 if grid.images.shape[-1] <= 64 else 1)
     return grid, png
 
@@ -531,9 +531,30 @@ tab_traverse, tab_mask, tab_map = tabs
 
 
 # ------------------------------------------------------------------------- 2. traversals
+DETAIL_LABELS = {"image": "this image", "resampled": "resampled", "mean": "mean"}
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _detail(path: str, stamp: float, image: np.ndarray, mode: str) -> np.ndarray | None:
+    return _session(path, stamp).detail_code(image, mode)
+
+
+def detail_choice(path: str, stamp: float, image: np.ndarray) -> np.ndarray | None:
+    """A hierarchical model's detail code, held while the global code moves (None: the prior mean,
+    or a model without a detail code)."""
+    session = _session(path, stamp)
+    if not session.has_detail:
+        return None
+    mode = st.radio("Detail", list(DETAIL_LABELS), format_func=DETAIL_LABELS.get, horizontal=True, key="ie_detail",
+                    help="The model has a spatial detail code beside the global code. Traversals and edits move "
+                         "the global code and hold the detail at the image's own value, a draw from its "
+                         "posterior, or the prior mean (what the global code alone draws).")
+    return _detail(path, stamp, image, mode)
+
+
 @st.fragment
 def traversal_section(path: str, stamp: float, base: np.ndarray, kl: np.ndarray, order: np.ndarray, kl_source: str,
-                      dataset_ref: tuple | None):
+                      dataset_ref: tuple | None, detail: np.ndarray | None = None):
     session = _session(path, stamp)
     latent_dim = session.latent_dim
     with _settings("Traversal settings"):
@@ -557,7 +578,7 @@ def traversal_section(path: str, stamp: float, base: np.ndarray, kl: np.ndarray,
     if scale_choice == "dataset codes" and dataset_ref:
         scale = _dataset_codes(path, stamp, dataset_ref)[1].std(axis=0).astype(np.float32)
     labels = tuple(f"z{d} KL {kl[d]:.2f}" for d in dims)
-    grid, png = _traversal(path, stamp, base, tuple(dims), int(steps), float(span), scale, labels)
+    grid, png = _traversal(path, stamp, base, tuple(dims), int(steps), float(span), scale, labels, detail)
     st.image(png, caption=f"{len(dims)} x {int(steps)} traversal grid: each row walks one dimension from "
                           f"−{span:g} to +{span:g} sd around the image's code (one batched decoder call).",
              width=_presentation_width(png) if is_presentation() else "stretch")
@@ -573,7 +594,8 @@ def traversal_section(path: str, stamp: float, base: np.ndarray, kl: np.ndarray,
 
 
 @st.fragment
-def slider_section(path: str, stamp: float, base: np.ndarray, kl: np.ndarray, order: np.ndarray, span: float):
+def slider_section(path: str, stamp: float, base: np.ndarray, kl: np.ndarray, order: np.ndarray, span: float,
+                   detail: np.ndarray | None = None):
     """Sliders for the top dimensions; only this fragment reruns when one moves (one decode)."""
     session = _session(path, stamp)
     top = [int(d) for d in order[:min(6, session.latent_dim)]]
@@ -591,7 +613,7 @@ def slider_section(path: str, stamp: float, base: np.ndarray, kl: np.ndarray, or
         st.button("Reset", on_click=reset, icon=":material/restart_alt:", key="ie_slide_reset")
     code = np.asarray(base, dtype=np.float32).copy()
     code[top] += np.asarray(values, dtype=np.float32)
-    images = session.decode(np.stack([base, code]))
+    images = session.decode(np.stack([base, code]), detail)
     with right:
         _show_panels([("from the image's code", images[0], "grey"), ("edited code", images[1], "grey"),
                       ("edited − original", images[1] - images[0], "signed")])
@@ -603,10 +625,11 @@ if tab_traverse.open:
         if session.kl_per_dim is None and dataset_ref:  # no training statistics: rank on the dataset
             _, ref_mu, ref_logvar = _dataset_codes(path, stamp, dataset_ref)
             kl, order, kl_source = session.dimension_ranking((ref_mu, ref_logvar))
-        traversal_section(path, stamp, np.asarray(base_code, np.float32), kl, order, kl_source, dataset_ref)
+        held = detail_choice(path, stamp, current.image) if current.code is None else None
+        traversal_section(path, stamp, np.asarray(base_code, np.float32), kl, order, kl_source, dataset_ref, held)
         st.subheader("Edit the code")
         slider_section(path, stamp, np.asarray(base_code, np.float32), kl, order,
-                       float(st.session_state.get("ie_span", 3.0)))
+                       float(st.session_state.get("ie_span", 3.0)), held)
 
 
 # ------------------------------------------------------------------------- 3. masked reconstruction
