@@ -202,7 +202,7 @@ def test_pt_file_beside_a_checkpoint_is_never_read(checkpoint, tmp_path):
 
 def test_pickle_in_resume_state_and_weight_maps_is_refused(checkpoint, tmp_path):
     from pumamed.net.checkpoint import read_tensors
-    from pumamed.net.train import load_weight_maps
+    from pumamed.net.checkpoint import load_weight_maps
 
     marker = tmp_path / "MARKER"
     for name in ("resume_state.safetensors", "training_state.safetensors", "weight_maps.safetensors"):

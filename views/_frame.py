@@ -180,3 +180,29 @@ def missing_data_message(what: str, relative_path: str) -> None:
         "(see the README's *Data directory* section), then reload.",
         icon=":material/folder_off:",
     )
+
+
+# ----------------------------------------------------------------------------- one model cache
+def checkpoint_stamp(path: str) -> float:
+    """Modification time of a checkpoint's weights, config and trust files: a retrained or
+    recalibrated model gets a new cache key."""
+    from pumamed.catalog import CONFIG_FILE, TRUST_FILE, WEIGHTS_FILE
+
+    folder = Path(path)
+    stamps = [(folder / f).stat().st_mtime for f in (WEIGHTS_FILE, CONFIG_FILE, TRUST_FILE) if (folder / f).exists()]
+    return max(stamps, default=0.0)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def cached_session(path: str, stamp: float):
+    """One :class:`pumamed.explain.session.ExplorerSession` per checkpoint and modification time,
+    shared by every imaging page, rerun and tab (pass :func:`checkpoint_stamp` as ``stamp``)."""
+    from pumamed.explain.session import load_session
+
+    return load_session(path)
+
+
+def model_session(path: str):
+    """The cached session of the checkpoint at ``path``, as it is on disk now."""
+    return cached_session(path, checkpoint_stamp(path))
+

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from views._frame import controls, data_dir, guarded, missing_data_message, style_figure
-from pumamed.epi.factors import correlation_table, variance_inflation
+from pumamed.epi.factors import correlation_table, vif_table
 from pumamed.epi.geometry import MUNICIPALITY_RDATA, N_MUNICIPALITIES
 from pumamed.epi.io import epi_dir
 from pumamed.epi.mapping import municipal_choropleth, station_map
@@ -247,7 +247,7 @@ with guarded("Loading the air-quality data"):
             common = [k for k in columns if wide[k].notna().mean() >= 0.5 * wide[columns].notna().mean().max()]
             with guarded("Variance inflation"):
                 if len(common) >= 2:
-                    vif = variance_inflation(wide[common]).assign(variable=lambda t: t["variable"].map(labels))
+                    vif = vif_table(wide[common]).assign(variable=lambda t: t["variable"].map(labels))
                     c1.markdown("**Variance inflation** (complete rows)")
                     c1.dataframe(vif[["variable", "vif"]].round(2), hide_index=True, width="stretch")
             st.caption("Each cell uses the municipality-years where both pollutants have a value (*n* on hover). "

@@ -23,6 +23,7 @@ from views._frame import (
     guarded,
     is_presentation,
     missing_data_message,
+    model_session,
     models_dir,
     style_figure,
 )
@@ -34,12 +35,10 @@ DEFAULT_DATASETS = ("nih_cxr14_1000", "brain_tumor_mri", "busi", "mini_mias", "p
 
 
 # ----------------------------------------------------------------------------- cached resources
-@st.cache_resource(show_spinner="Loading the model…")
 def _load_model(path: str):
-    from pumamed.config import select_device
-    from pumamed.net import load_model
-
-    return load_model(path, device=select_device())
+    """The checkpoint's session, from the cache the image explorer shares (path and modification
+    time: a retrained model is reloaded, and one copy sits in memory)."""
+    return model_session(path)
 
 
 @st.cache_resource(show_spinner="Reading the dataset…")
@@ -107,16 +106,14 @@ def _pixel_maps(model_path: str, dataset: str, split: str, index: int, target: i
 @st.cache_data(show_spinner="Ranking latent dimensions…", max_entries=16)
 def _attributions(model_path: str, dataset: str, split: str, target: int, index: int, k: int):
     from pumamed.explain.attributions import latent_attributions, traverse_dimensions
+    from pumamed.net.inference import encode_dataset
 
     loaded = _load_model(model_path)
     codes = _codes(model_path, dataset, split, 300)
-    kl = loaded.kl_per_dim if loaded.kl_per_dim.size == codes.mu.shape[1] else None
+    kl = loaded.kl_per_dim if loaded.kl_per_dim is not None and loaded.kl_per_dim.size == codes.mu.shape[1] else None
     attribution = latent_attributions(loaded.model, codes.mu, target, loaded.class_names, kl, task=loaded.task)
     ds = _dataset(dataset, split, loaded.image_size, _task(loaded, dataset))
-    import torch
-
-    with torch.no_grad():
-        base = loaded.model.encode(ds[index][0][None].to(loaded.device))[0][0].cpu().numpy()
+    base = encode_dataset(loaded.model, ds, indices=[index])[0][0]
     thumbs = traverse_dimensions(loaded.model, base, attribution.top(k), scale=codes.mu.std(axis=0),
                                  target_class=target, n_steps=7, span=2.5, task=loaded.task)
     return attribution, thumbs

@@ -20,9 +20,11 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from views._frame import cached_session as _session
+from views._frame import checkpoint_stamp as _stamp
 from views._frame import controls, data_dir, guarded, is_presentation, missing_data_message, models_dir, \
     show_error, style_figure
-from pumamed.catalog import CONFIG_FILE, TRUST_FILE, WEIGHTS_FILE, describe_checkpoint, list_checkpoints
+from pumamed.catalog import CONFIG_FILE, WEIGHTS_FILE, describe_checkpoint, list_checkpoints
 from pumamed.errors import CheckpointError, InputError, PumaMedError
 from pumamed.imaging.matching import modality_mismatch_warning, modality_name
 from views._trust import show_trust
@@ -37,12 +39,6 @@ MAP_MAX_POINTS = 2000
 
 
 # =============================================================================== cached work
-def _stamp(path: str) -> float:
-    """Modification time of a checkpoint's weights and config: a retrained model gets a new key."""
-    folder = Path(path)
-    return max((folder / f).stat().st_mtime for f in (WEIGHTS_FILE, CONFIG_FILE, TRUST_FILE) if (folder / f).exists())
-
-
 @st.cache_data(ttl=60, show_spinner=False)
 def _checkpoints(root: str) -> list[dict]:
     rows = []
@@ -71,14 +67,6 @@ def _modality_of(datasets: list[str], name: str) -> str:
     from pumamed.imaging.matching import model_modality
 
     return model_modality(datasets, name)
-
-
-@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
-def _session(path: str, stamp: float):
-    """One ExplorerSession per checkpoint and modification time, shared by all reruns and tabs."""
-    from pumamed.explain.session import load_session
-
-    return load_session(path)
 
 
 @st.cache_resource(max_entries=6, show_spinner="Reading the dataset…")
@@ -142,7 +130,7 @@ def _upload(data: bytes, filename: str, size: int, slice_index: int | None = Non
 def _training_weight_maps(path: str, stamp: float):
     """Reference images with their loss-weight maps at the start of training and in the saved
     model (``weight_maps.safetensors``, written by training), or None."""
-    from pumamed.net.train import load_weight_maps
+    from pumamed.net.checkpoint import load_weight_maps
 
     maps = load_weight_maps(path)
     if maps is None:

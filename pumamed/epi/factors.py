@@ -510,12 +510,15 @@ def correlation_table(frame: pd.DataFrame, method: str = "pearson") -> tuple[pd.
     return corr, n.astype(int)
 
 
-def variance_inflation(frame: pd.DataFrame) -> pd.DataFrame:
-    """Variance inflation factors on the complete rows: ``VIF_j = 1 / (1 - R²_j)``, the diagonal
-    of the inverse correlation matrix. Above 5-10 a regression cannot separate that column's effect
-    from the others'."""
+def vif_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Variance inflation factors on the complete rows, as a table: ``VIF_j = 1 / (1 - R²_j)``
+    from :func:`pumamed.epi.penalized.variance_inflation` (the one computation; infinite for the
+    columns of an exactly collinear set). Above 5-10 a regression cannot separate that column's
+    effect from the others'."""
+    from pumamed.epi.penalized import variance_inflation as vif_of
+
     complete = _complete_rows(frame)
-    corr = _correlation(complete)
-    vif = np.diag(np.linalg.inv(corr))
-    return pd.DataFrame({"variable": complete.columns, "vif": vif, "r2_on_others": 1 - 1 / vif,
-                         "n_rows": len(complete)})
+    vif = vif_of(complete).to_numpy()
+    with np.errstate(divide="ignore"):
+        r2 = 1 - 1 / vif
+    return pd.DataFrame({"variable": complete.columns, "vif": vif, "r2_on_others": r2, "n_rows": len(complete)})

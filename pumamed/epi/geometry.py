@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pumamed.epi.io import cache_dir, epi_dir, file_fingerprint, normalize_cvegeo, require_file
+from pumamed.epi.io import epi_dir, file_fingerprint, normalize_cvegeo, parquet_cached, require_file
 from pumamed.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -207,31 +206,11 @@ def area_km2(frame) -> pd.Series:
 
 # ----------------------------------------------------------------------------------- internals
 
-def _disk_cache_path(kind: str, key: str) -> Path | None:
-    base = cache_dir()
-    return None if base is None else base / f"{kind}-{key}.parquet"
-
-
 def _load_or_build(kind: str, sources: list[Path], extra: str, builder):
     import geopandas as gpd
 
     key = file_fingerprint(*sources, extra=f"{_CACHE_VERSION}|{extra}")
-    path = _disk_cache_path(kind, key)
-    if path is not None and path.exists():
-        try:
-            return gpd.read_parquet(path)
-        except Exception as exc:  # a truncated cache file is rebuilt, never trusted
-            log.warning("ignoring unreadable cache %s: %s", path, exc)
-    frame = builder()
-    if path is not None:
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        try:
-            frame.to_parquet(tmp)
-            tmp.replace(path)
-        except Exception as exc:  # caching is an optimisation; read-only homes must still work
-            log.warning("could not write cache %s: %s", path, exc)
-            tmp.unlink(missing_ok=True)
-    return frame
+    return parquet_cached(f"{kind}-{key}", builder, read=gpd.read_parquet, write=lambda frame, tmp: frame.to_parquet(tmp))
 
 
 @functools.lru_cache(maxsize=8)

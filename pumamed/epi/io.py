@@ -92,27 +92,43 @@ def disk_cached(kind: str, sources, builder, *, extra: str = "", version: str = 
     Used for slow reads (the ENSANUT workbook takes ~9 s through openpyxl). Caching never fails
     a read: an unwritable cache only costs time.
     """
+    key = file_fingerprint(*sources, extra=f"{kind}|{version}|{extra}")
+    return parquet_cached(f"{kind}-{key}", builder)
+
+
+def _write_frame(frame, path: Path) -> None:
+    frame.to_parquet(path, index=False)
+
+
+def parquet_cached(name: str, builder, *, read=None, write=None):
+    """The one disk cache of the epi layer: ``builder()``'s result kept as ``<name>.parquet`` in
+    :func:`cache_dir` (``name`` carries the key of what it was built from).
+
+    ``read(path)`` and ``write(result, tmp_path)`` default to a pandas frame without its index
+    (geometry passes GeoParquet's, the panel adds its quality report beside the file). A cache
+    that cannot be read is rebuilt, never trusted; one that cannot be written only costs time; the
+    file is written under a temporary name and renamed, so a reader never sees half of it.
+    """
     import logging
 
     log = logging.getLogger(__name__)
-    key = file_fingerprint(*sources, extra=f"{kind}|{version}|{extra}")
     base = cache_dir()
-    path = None if base is None else base / f"{kind}-{key}.parquet"
+    path = None if base is None else base / f"{name}.parquet"
     if path is not None and path.exists():
         try:
-            return pd.read_parquet(path)
+            return (read or pd.read_parquet)(path)
         except Exception as exc:  # noqa: BLE001 - a truncated cache is rebuilt, never trusted
             log.warning("ignoring unreadable cache %s: %s", path, exc)
-    frame = builder()
+    result = builder()
     if path is not None:
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
-            frame.to_parquet(tmp, index=False)
+            (write or _write_frame)(result, tmp)
             tmp.replace(path)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - caching is an optimisation; read-only homes must work
             log.warning("could not write cache %s: %s", path, exc)
             tmp.unlink(missing_ok=True)
-    return frame
+    return result
 
 
 # ----------------------------------------------------------------------------------------- codes

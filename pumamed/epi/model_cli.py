@@ -81,11 +81,12 @@ def run(args) -> int:
     import json
 
     from pumamed.epi.modeling import run_models
+    from pumamed.jsonsafe import to_jsonable
 
     result = run_models(spec_from_args(args))
     summary = result.to_dict()
     if args.json:
-        print(json.dumps(summary, indent=2, ensure_ascii=False, default=_json_default))
+        print(json.dumps(to_jsonable(summary), indent=2, ensure_ascii=False, default=str))
         return 0
     print(f"outcome: {summary['outcome']}  family: {summary['family']}  municipalities: "
           f"{summary['n_municipalities']} (dropped {summary['n_dropped']})")
@@ -122,17 +123,3 @@ def run(args) -> int:
                 print(f"  {row['variable']:34} true {row['true_ratio']:.3f}  estimated {row['estimated_ratio']:.3f}"
                       f"  {row['outcome']}")
     return 0
-
-
-def _json_default(value):
-    import numpy as np
-
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)

@@ -377,28 +377,26 @@ def _build_cached(root: str) -> tuple[pd.DataFrame, PanelQuality]:
     """Memory cache over a disk cache (parquet + JSON in :func:`pumamed.epi.io.cache_dir`) keyed by
     every file under the epi folder (path, size, mtime) and the source code of the data layer, so
     a changed file or a changed reader rebuilds it."""
-    from pumamed.epi.io import cache_dir
+    from pumamed.epi.io import cache_dir, parquet_cached
 
     root_path = Path(root)
-    base = cache_dir()
-    key = _panel_cache_key(root_path) if base is not None and root_path.is_dir() else None
-    if key is not None:
-        panel_file, quality_file = base / f"panel-{key}.parquet", base / f"panel-{key}.json"
-        if panel_file.exists() and quality_file.exists():
-            try:
-                return pd.read_parquet(panel_file), PanelQuality.from_dict(json.loads(quality_file.read_text()))
-            except Exception as exc:  # noqa: BLE001 - a damaged cache is rebuilt
-                log.warning("ignoring unreadable panel cache: %s", exc)
-    panel, quality = assemble(root_path, panel_sources())
-    if key is not None:
-        try:
-            tmp = panel_file.with_suffix(".tmp.parquet")
-            panel.to_parquet(tmp, index=False)
-            tmp.replace(panel_file)
-            quality_file.write_text(quality.to_json())
-        except Exception as exc:  # noqa: BLE001 - caching is an optimisation only
-            log.warning("could not write the panel cache: %s", exc)
-    return panel, quality
+
+    def build():
+        return assemble(root_path, panel_sources())
+
+    if cache_dir() is None or not root_path.is_dir():
+        return build()
+    name = f"panel-{_panel_cache_key(root_path)}"
+
+    def read(path: Path):
+        return pd.read_parquet(path), PanelQuality.from_dict(json.loads(path.with_suffix(".json").read_text()))
+
+    def write(result, tmp: Path):
+        panel, quality = result
+        (tmp.parent / f"{name}.json").write_text(quality.to_json())  # beside the parquet, before it
+        panel.to_parquet(tmp, index=False)
+
+    return parquet_cached(name, build, read=read, write=write)
 
 
 def _panel_cache_key(root: Path) -> str:

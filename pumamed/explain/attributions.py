@@ -22,16 +22,10 @@ import numpy as np
 import pandas as pd
 
 from pumamed.errors import CheckpointError, InputError
+from pumamed.net.inference import model_device  # noqa: F401 - re-exported for the explanation modules
 
 
 # ----------------------------------------------------------------------------- model helpers
-def model_device(model):
-    import torch
-
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
 
 
 def model_task(model, task: str | None = None) -> str:

@@ -29,112 +29,20 @@ import numpy as np
 import pandas as pd
 
 from pumamed.errors import DataError, InputError
-
-# Canonical attribute names and the metadata columns they may come from (first one present wins).
-ATTRIBUTE_COLUMNS: dict[str, tuple[str, ...]] = {
-    "sex": ("sex", "Patient Gender", "gender"),
-    "age": ("age", "Patient Age"),
-    "age_group": ("age", "Patient Age"),
-    "view": ("view", "View Position", "view_position"),
-    "density": ("density", "background_tissue", "tissue_density"),
-    "dataset": ("dataset", "source"),
-    "modality": ("modality",),
-    "site": ("site", "hospital", "institution"),
-}
-CONTINUOUS_ATTRIBUTES = {"age"}
-#: Age groups used for subgroup analysis (clinical convention: young adult / middle age / older).
-AGE_BINS = (0, 40, 60, 200)
-AGE_LABELS = ("<40", "40-59", "60+")
-DENSITY_NAMES = {"F": "fatty", "G": "fatty-glandular", "D": "dense-glandular"}
-SEX_NAMES = {"M": "male", "F": "female", "m": "male", "f": "female"}
-#: Columns that never make sense as audit attributes (identifiers, file names, labels).
-NON_ATTRIBUTES = {"patient_id", "path", "file", "image", "label", "labels", "index", "image_id", "refnum",
-                  "split", "x", "y", "radius"}
-
-
-@dataclass
-class AttributeValues:
-    """One attribute per image: ``values`` (object array; None where unknown) and its kind."""
-
-    name: str
-    values: np.ndarray
-    kind: str  # "categorical" or "continuous"
-
-    @property
-    def known(self) -> np.ndarray:
-        return pd.Series(self.values, dtype="object").notna().to_numpy()
-
-    def groups(self) -> np.ndarray:
-        """Categorical labels for subgroup analysis (continuous values are cut into age groups)."""
-        if self.kind == "categorical":
-            return self.values
-        numeric = pd.to_numeric(pd.Series(self.values), errors="coerce")
-        cut = pd.cut(numeric, bins=AGE_BINS, labels=AGE_LABELS, right=False)
-        return np.array([None if pd.isna(v) else str(v) for v in cut], dtype=object)
-
-
-def _column_for(metadata: pd.DataFrame, attribute: str) -> str:
-    candidates = ATTRIBUTE_COLUMNS.get(attribute, (attribute,))
-    for column in candidates:
-        if column in metadata.columns:
-            return column
-    usable = ", ".join(available_attributes(metadata)) or "none"
-    raise InputError(f"this dataset has no '{attribute}' metadata (attributes it has: {usable})")
-
-
-def _clean(value):
-    if value is None:
-        return None
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    text = str(value).strip()
-    return None if text in {"", "nan", "None", "NaN", "unknown", "?"} else value
-
-
-def attribute_values(metadata: pd.DataFrame, attribute: str) -> AttributeValues:
-    """The attribute of every row of ``metadata``, cleaned, with readable group names."""
-    attribute = attribute.strip().lower().replace(" ", "_")
-    column = _column_for(metadata, attribute)
-    raw = [_clean(v) for v in metadata[column].tolist()]
-    if all(v is None for v in raw):
-        usable = ", ".join(available_attributes(metadata)) or "none"
-        raise InputError(f"this dataset has no '{attribute}' metadata (attributes it has: {usable})")
-    if attribute in CONTINUOUS_ATTRIBUTES:
-        numeric = pd.to_numeric(pd.Series(raw, dtype="object"), errors="coerce").to_numpy(dtype=float)
-        values = np.array([None if np.isnan(v) else float(v) for v in numeric], dtype=object)
-        return AttributeValues("age", values, "continuous")
-    if attribute == "age_group":
-        numeric = pd.to_numeric(pd.Series(raw, dtype="object"), errors="coerce")
-        cut = pd.cut(numeric, bins=AGE_BINS, labels=AGE_LABELS, right=False)
-        return AttributeValues("age_group", np.array([None if pd.isna(v) else str(v) for v in cut], dtype=object),
-                               "categorical")
-    names = {"sex": SEX_NAMES, "density": DENSITY_NAMES}.get(attribute, {})
-    values = np.array([None if v is None else names.get(str(v).strip(), str(v).strip()) for v in raw], dtype=object)
-    return AttributeValues(attribute, values, "categorical")
-
-
-def available_attributes(metadata: pd.DataFrame, max_groups: int = 12) -> list[str]:
-    """Attributes of ``metadata`` usable in an audit: at least two groups of at least 5 images each."""
-    found = []
-    seen_columns = set()
-    for attribute, columns in ATTRIBUTE_COLUMNS.items():
-        column = next((c for c in columns if c in metadata.columns), None)
-        if column is None:
-            continue
-        if attribute != "age_group" and column in seen_columns:
-            continue
-        seen_columns.add(column)
-        if all(_clean(v) is None for v in metadata[column].tolist()):
-            continue  # the column exists but is empty for this dataset (e.g. density on chest X-rays)
-        values = attribute_values(metadata, attribute)
-        if values.kind == "continuous":
-            if pd.to_numeric(pd.Series(values.values), errors="coerce").nunique() >= 5:
-                found.append(attribute)
-            continue
-        counts = pd.Series(values.values, dtype="object").dropna().value_counts()
-        if (counts >= 5).sum() >= 2 and len(counts) <= max_groups:
-            found.append(attribute)
-    return found
+from pumamed.explain.attributes import (  # noqa: F401 - the audit's attribute API, re-exported
+    AGE_BINS,
+    AGE_LABELS,
+    ATTRIBUTE_COLUMNS,
+    CONTINUOUS_ATTRIBUTES,
+    DENSITY_NAMES,
+    NON_ATTRIBUTES,
+    SEX_NAMES,
+    AttributeValues,
+    attribute_values,
+    available_attributes,
+    clean_value,
+)
+from pumamed.jsonsafe import to_jsonable
 
 
 # ----------------------------------------------------------------------------- encoded data
@@ -178,7 +86,8 @@ def encode_dataset(model, dataset, batch_size: int = 64, device=None, max_items:
     """
     import torch
 
-    from pumamed.explain.attributions import head_probabilities, model_device
+    from pumamed.explain.attributions import head_probabilities
+    from pumamed.net.inference import encode_dataset as encode_images
 
     n = len(dataset)
     if n == 0:
@@ -186,23 +95,29 @@ def encode_dataset(model, dataset, batch_size: int = 64, device=None, max_items:
     indices = np.arange(n)
     if max_items is not None and n > max_items:
         indices = np.sort(np.random.default_rng(seed).choice(n, size=max_items, replace=False))
-    device = device or model_device(model)
-    mus, logvars, probs, labels = [], [], [], []
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(indices), batch_size):
-            batch = [dataset[int(i)] for i in indices[start:start + batch_size]]
-            images = torch.stack([torch.as_tensor(b[0], dtype=torch.float32) for b in batch]).to(device)
-            mu, logvar = model.encode(images)
-            mus.append(mu.float().cpu().numpy())
-            logvars.append(logvar.float().cpu().numpy())
-            probs.append(head_probabilities(model, mu, task=task).float().cpu().numpy())
-            labels.extend(np.asarray(torch.as_tensor(b[1]).cpu().numpy()) for b in batch)
+    probs = []
+
+    def score(x, mu, logvar, detail_mu):
+        probs.append(head_probabilities(model, mu, task=task).float().cpu().numpy())
+
+    labels = []
+
+    class _LabelsRead:  # the dataset, keeping each item's label as the encoder reads the item
+        def __len__(self):
+            return n
+
+        def __getitem__(self, i):
+            item = dataset[i]
+            labels.append(np.asarray(torch.as_tensor(item[1]).cpu().numpy()))
+            return item
+
+    mu, logvar = encode_images(model, _LabelsRead(), indices=indices, batch_size=batch_size, device=device,
+                               on_batch=score)
     metadata = getattr(dataset, "metadata", None)
     metadata = (metadata.iloc[indices].reset_index(drop=True) if isinstance(metadata, pd.DataFrame)
                 else pd.DataFrame(index=range(len(indices))))
     return LatentCodes(
-        mu=np.concatenate(mus), logvar=np.concatenate(logvars), labels=np.stack(labels),
+        mu=mu, logvar=logvar, labels=np.stack(labels),
         probabilities=np.concatenate(probs), metadata=metadata,
         class_names=list(class_names) if class_names is not None else [str(i) for i in range(probs[0].shape[1])],
         dataset_class_names=list(getattr(dataset, "class_names", []) or []),
@@ -521,22 +436,13 @@ class SubgroupReport:
 
     def to_dict(self) -> dict:
         table = self.table.rename_axis("group").reset_index()
-        records = [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
-                   for row in table.to_dict(orient="records")]
+        records = [to_jsonable(row) for row in table.to_dict(orient="records")]
         return {"groups": records, "gaps": _finite(self.gaps), "threshold": self.threshold, "n_boot": self.n_boot}
 
 
 def _finite(value):
     """JSON-safe copy: NaN/inf -> None, numpy scalars -> Python, floats rounded to 5 digits."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return None if not np.isfinite(value) else round(float(value), 5)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+    return to_jsonable(value, digits=5)
 
 
 def _bootstrap_metrics(y_true: np.ndarray, y_score: np.ndarray, codes: np.ndarray, n_groups: int,
@@ -784,7 +690,7 @@ def _patient_groups(frames) -> np.ndarray | None:
     for frame in frames:
         ids = frame["patient_id"].tolist() if "patient_id" in frame.columns else [None] * len(frame)
         groups.extend(ids)
-    labels = [f"image-{i}" if _clean(v) is None else f"patient-{v}" for i, v in enumerate(groups)]
+    labels = [f"image-{i}" if clean_value(v) is None else f"patient-{v}" for i, v in enumerate(groups)]
     return np.array(labels, dtype=object) if len(set(labels)) < len(labels) else None
 
 

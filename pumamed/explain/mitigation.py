@@ -32,6 +32,8 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from pumamed.errors import InputError
+from pumamed.explain.attributes import age_groups, is_continuous
+from pumamed.jsonsafe import to_jsonable
 
 METHODS = ("orthogonal", "inlp", "drop")
 
@@ -40,10 +42,9 @@ def _one_hot(values) -> tuple[np.ndarray, np.ndarray, list]:
     """One-hot matrix (rows with a known value), the mask of those rows, and the groups."""
     series = pd.Series(np.asarray(values, dtype=object))
     known = series.notna().to_numpy()
-    numeric = pd.to_numeric(series, errors="coerce")
-    if numeric.notna().sum() == known.sum() and numeric[known].nunique() > 12:
+    if is_continuous(series):
         # A continuous attribute (age): one "group" column holding the centred value.
-        column = numeric.to_numpy(dtype=float)
+        column = pd.to_numeric(series, errors="coerce").to_numpy(dtype=float)
         return (column[known] - column[known].mean())[:, None], known, ["value"]
     groups = sorted(series[known].astype(str).unique())
     if len(groups) < 2:
@@ -187,10 +188,7 @@ class MitigationReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        records = []
-        for row in self.table.to_dict(orient="records"):
-            records.append({k: (None if isinstance(v, float) and not np.isfinite(v) else
-                                (round(v, 5) if isinstance(v, float) else v)) for k, v in row.items()})
+        records = [to_jsonable(row, digits=5) for row in self.table.to_dict(orient="records")]
         return {"strategies": records, "threshold": self.threshold, "notes": self.notes}
 
 
@@ -215,8 +213,8 @@ def attribute_leakage(train_codes, train_attr, test_codes, test_attr) -> float:
     train_attr = pd.Series(np.asarray(train_attr, dtype=object))
     test_attr = pd.Series(np.asarray(test_attr, dtype=object))
     tr, te = train_attr.notna().to_numpy().copy(), test_attr.notna().to_numpy().copy()
-    numeric = pd.to_numeric(train_attr, errors="coerce")
-    if numeric.notna().sum() == tr.sum() and numeric[tr].nunique() > 12:
+    if is_continuous(train_attr):
+        numeric = pd.to_numeric(train_attr, errors="coerce")
         model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 12)))
         model.fit(train_codes[tr], numeric[tr].to_numpy(float))
         return float(r2_score(pd.to_numeric(test_attr[te]).to_numpy(float), model.predict(test_codes[te])))
@@ -252,11 +250,8 @@ def compare_mitigations(train_codes, train_y, train_attr, test_codes, test_y, te
         raise InputError("the training codes hold a single class: no head can be fitted")
     threshold = float(train_y.mean())
     train_groups_for_weights = np.asarray(train_attr, dtype=object)
-    numeric = pd.to_numeric(pd.Series(train_groups_for_weights), errors="coerce")
-    if numeric.notna().sum() > 0 and numeric.nunique() > 12:  # continuous: reweight by age group
-        from pumamed.explain.audit import AttributeValues
-
-        train_groups_for_weights = AttributeValues("age", train_groups_for_weights, "continuous").groups()
+    if is_continuous(train_groups_for_weights):  # continuous: reweight by age group
+        train_groups_for_weights = age_groups(train_groups_for_weights)
     wanted = strategies or ["baseline", "orthogonal", "inlp", "drop flagged", "reweighting",
                             "orthogonal + reweighting"]
     strata = train_y if within_label else None

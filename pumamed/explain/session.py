@@ -149,16 +149,10 @@ class ExplorerSession:
     # ------------------------------------------------------------------ inference
     def encode(self, images) -> tuple[np.ndarray, np.ndarray]:
         """Posterior means and log-variances (N x D each) of N x S x S images."""
-        import torch
+        from pumamed.net.inference import encode_dataset
 
-        x = self._images_to_tensor(images)
-        mus, logvars = [], []
-        with torch.inference_mode():
-            for part in self._batches(x.shape[0]):
-                mu, logvar = self.model.encode(x[part])
-                mus.append(self._to_numpy(mu))
-                logvars.append(self._to_numpy(logvar))
-        return np.concatenate(mus), np.concatenate(logvars)
+        return encode_dataset(self.model, self._images_to_tensor(images), batch_size=self.batch_size,
+                              device=self.device)
 
     @property
     def has_detail(self) -> bool:

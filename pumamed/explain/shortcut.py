@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from pumamed.errors import InputError
+from pumamed.jsonsafe import to_jsonable
 
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
 
@@ -144,19 +145,7 @@ class ShortcutResult:
         out["config"] = dict(out["config"])
         out["config"]["widths"] = list(out["config"]["widths"])
         out["reliance"] = self.reliance
-        return _round(out)
-
-
-def _round(value):
-    if isinstance(value, dict):
-        return {k: _round(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_round(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return None if not np.isfinite(value) else round(float(value), 4)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+        return to_jsonable(out, digits=4)
 
 
 def _auc(y, score) -> float:
@@ -166,18 +155,9 @@ def _auc(y, score) -> float:
 
 
 def _encode(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    import torch
+    from pumamed.net.inference import encode_dataset
 
-    from pumamed.explain.attributions import model_device
-
-    device = model_device(model)
-    out = []
-    model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            x = torch.as_tensor(images[start:start + batch_size], device=device)
-            out.append(model.encode(x)[0].float().cpu().numpy())
-    return np.concatenate(out)
+    return encode_dataset(model, images, batch_size=batch_size)[0]
 
 
 def _head_positive(model, codes: np.ndarray, positive: int) -> np.ndarray:

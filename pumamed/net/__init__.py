@@ -9,9 +9,8 @@ Public API::
     loaded = load_model("models/brain")  # .model .config .metrics .class_names .task .kl_per_dim .card
 """
 
-from pumamed.net.checkpoint import LoadedModel, load_model, save_checkpoint
+from pumamed.net.checkpoint import LoadedModel, load_model, load_weight_maps, save_checkpoint
 from pumamed.net.model import ClassificationPath, PumaMedNet, PumaMedNetConfig, VAEOutput, count_parameters
-from pumamed.net.train import load_weight_maps
 
 __all__ = [
     "ClassificationPath",

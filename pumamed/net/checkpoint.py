@@ -28,6 +28,7 @@ import torch
 
 from pumamed.catalog import CARD_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, read_json_object
 from pumamed.errors import CheckpointError
+from pumamed.jsonsafe import to_jsonable
 
 FORMAT = "pumamed-checkpoint"
 FORMAT_VERSION = 1
@@ -153,19 +154,8 @@ def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: 
 
 
 def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.floating, np.integer, np.bool_)):
-        return value.item()
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    """Checkpoint files keep NaN as JSON ``NaN`` (what they always held) and string keys."""
+    return to_jsonable(value, finite=False, str_keys=True)
 
 
 # --- model construction -----------------------------------------------------------------------
@@ -440,3 +430,29 @@ def load_training_state(folder, optimizer: torch.optim.Optimizer, scheduler=None
     return _restore_optimizer(optimizer, tensors, payload, folder, scheduler, scaler)
 
 
+# --- weight-map snapshots (written by training, read by the explorer) ---------------------------
+WEIGHT_MAPS_FILE = "weight_maps.safetensors"
+
+
+def save_weight_maps(folder: Path, images: torch.Tensor, before: torch.Tensor, now: torch.Tensor,
+                     before_label: str, now_label: str) -> None:
+    """``weight_maps.safetensors``: reference images and the loss weight map of each, at the
+    start of training ("before") and in the saved model ("now")."""
+    if before.numel() == 0:
+        return
+    atomic_save_tensors(Path(folder) / WEIGHT_MAPS_FILE,
+                             {"images": images.float().div(255.0).half(), "before": before.half(), "now": now.half()},
+                             metadata={"before": before_label, "now": now_label})
+
+
+def load_weight_maps(folder) -> dict | None:
+    """{"images", "before", "now"} (float32 tensors N x 1 x S x S) and their labels, or None."""
+    from safetensors import safe_open
+
+    path = Path(folder) / WEIGHT_MAPS_FILE
+    if not path.is_file():
+        return None
+    tensors = read_tensors(path)
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    return {**{k: v.float() for k, v in tensors.items()}, "labels": meta}

@@ -126,38 +126,40 @@ def batched_outputs(model, images_uint8: torch.Tensor, device, batch_size: int =
     """Run a model over uint8 N x 1 x S x S images: probabilities, mu, logvar and the per-image
     mean squared reconstruction error (PumaMedNet only)."""
     from pumamed.config import autocast
-
     from pumamed.net.image_quality import SSIM_WINDOW, psnr, ssim
+    from pumamed.net.inference import encode_dataset
 
     model.eval()
-    probs, mus, logvars, errs, psnrs, ssims = [], [], [], [], [], []
+    probs, errs, psnrs, ssims = [], [], [], []
     is_vae = hasattr(model, "decode")
     has_head = getattr(model, "classifier", None) is not None or not is_vae
-    for start in range(0, len(images_uint8), batch_size):
-        x = images_uint8[start:start + batch_size].to(device).float().div_(255.0)
-        with autocast(device):
-            if is_vae:
-                mu, logvar, detail_mu, _ = model.encode_all(x)
-                mus.append(mu.float().cpu())
-                logvars.append(logvar.float().cpu())
-                if want_recon:
-                    recon = model.decode(mu, detail_mu).float()
-                    errs.append((recon - x).pow(2).flatten(1).mean(1).cpu())
-                    psnrs.append(psnr(recon, x).cpu())
-                    if min(x.shape[-2:]) >= SSIM_WINDOW:
-                        ssims.append(ssim(recon, x).cpu())
-                if has_head:
-                    from pumamed.net.model import logits_to_proba
+    mu_all = logvar_all = None
+    if is_vae:
+        def score(x, mu, logvar, detail_mu):
+            if want_recon:
+                recon = model.decode(mu, detail_mu).float()
+                errs.append((recon - x).pow(2).flatten(1).mean(1).cpu())
+                psnrs.append(psnr(recon, x).cpu())
+                if min(x.shape[-2:]) >= SSIM_WINDOW:
+                    ssims.append(ssim(recon, x).cpu())
+            if has_head:
+                from pumamed.net.model import logits_to_proba
 
-                    probs.append(logits_to_proba(model.classifier(mu), model.config.task).cpu())
-            else:
+                probs.append(logits_to_proba(model.classifier(mu), model.config.task).cpu())
+
+        mu_all, logvar_all = encode_dataset(model, images_uint8, batch_size=batch_size, device=device, amp=True,
+                                            detail=True, on_batch=score)
+    else:
+        for start in range(0, len(images_uint8), batch_size):
+            x = images_uint8[start:start + batch_size].to(device).float().div_(255.0)
+            with autocast(device):
                 probs.append(model.predict_proba(x).float().cpu())
     out = {}
     if probs:
         out["proba"] = torch.cat(probs).numpy()
-    if mus:
-        out["mu"] = torch.cat(mus).numpy()
-        out["logvar"] = torch.cat(logvars).numpy()
+    if mu_all is not None and len(images_uint8):
+        out["mu"] = mu_all
+        out["logvar"] = logvar_all
     if errs:
         out["recon_mse"] = torch.cat(errs).numpy()
         out["recon_psnr"] = torch.cat(psnrs).numpy()

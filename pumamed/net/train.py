@@ -31,6 +31,7 @@ from torch import nn
 
 from pumamed.errors import CheckpointError, InputError
 from pumamed.net import checkpoint as ckpt
+from pumamed.net.checkpoint import WEIGHT_MAPS_FILE, load_weight_maps, save_weight_maps  # noqa: F401
 from pumamed.net.data import ArrayData, DenoisingDataset
 from pumamed.net.image_quality import ssim
 from pumamed.net.losses import (
@@ -44,7 +45,6 @@ from pumamed.net.losses import (
 )
 
 RESUME_DIR = "resume"
-WEIGHT_MAPS_FILE = "weight_maps.safetensors"
 
 
 @dataclass
@@ -295,30 +295,6 @@ def weight_map_snapshot(model, images_uint8: torch.Tensor, device) -> torch.Tens
     w = raw.reconstruction_weights(x).float().cpu()
     raw.train(was)
     return w
-
-
-def save_weight_maps(folder: Path, images: torch.Tensor, before: torch.Tensor, now: torch.Tensor,
-                     before_label: str, now_label: str) -> None:
-    """``weight_maps.safetensors``: reference images and the loss weight map of each, at the
-    start of training ("before") and in the saved model ("now")."""
-    if before.numel() == 0:
-        return
-    ckpt.atomic_save_tensors(Path(folder) / WEIGHT_MAPS_FILE,
-                             {"images": images.float().div(255.0).half(), "before": before.half(), "now": now.half()},
-                             metadata={"before": before_label, "now": now_label})
-
-
-def load_weight_maps(folder) -> dict | None:
-    """{"images", "before", "now"} (float32 tensors N x 1 x S x S) and their labels, or None."""
-    from safetensors import safe_open
-
-    path = Path(folder) / WEIGHT_MAPS_FILE
-    if not path.is_file():
-        return None
-    tensors = ckpt.read_tensors(path)
-    with safe_open(str(path), framework="pt") as fh:
-        meta = fh.metadata() or {}
-    return {**{k: v.float() for k, v in tensors.items()}, "labels": meta}
 
 
 # --- the loop -----------------------------------------------------------------------------------
