@@ -16,10 +16,10 @@ _KEY_TYPES = (str, int, float, bool, type(None))
 def to_jsonable(value, *, digits: int | None = None, finite: bool = True, str_keys: bool = False):
     """A copy of ``value`` that :func:`json.dumps` writes as strict JSON.
 
-    Dicts (keys that JSON cannot hold become strings; every key with ``str_keys``), lists and tuples are copied recursively;
-    NumPy arrays and tensors become lists, NumPy scalars Python ones, paths strings. With
-    ``finite`` (the default) NaN and infinities become ``None``; floats are rounded to ``digits``
-    when given. Anything else is returned as it is.
+    Dicts (keys that JSON cannot hold become strings; every key with ``str_keys``), lists and
+    tuples are copied recursively; NumPy arrays and tensors become lists, NumPy scalars Python
+    ones, paths strings. With ``finite`` (the default) NaN and infinities become ``None``; floats
+    are rounded to ``digits`` when given. Anything else is returned as it is.
     """
     def convert(item):
         if isinstance(item, dict):

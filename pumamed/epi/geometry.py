@@ -210,7 +210,8 @@ def _load_or_build(kind: str, sources: list[Path], extra: str, builder):
     import geopandas as gpd
 
     key = file_fingerprint(*sources, extra=f"{_CACHE_VERSION}|{extra}")
-    return parquet_cached(f"{kind}-{key}", builder, read=gpd.read_parquet, write=lambda frame, tmp: frame.to_parquet(tmp))
+    return parquet_cached(f"{kind}-{key}", builder, read=gpd.read_parquet,
+                          write=lambda frame, tmp: frame.to_parquet(tmp))
 
 
 @functools.lru_cache(maxsize=8)

@@ -228,6 +228,49 @@ def attribute_leakage(train_codes, train_attr, test_codes, test_attr) -> float:
     return _held_out_auc(model, test_codes[te], test_attr[te].astype(str).to_numpy())
 
 
+#: The mitigation strategies, by name, and how a report spells each one out.
+STRATEGY_LABELS = {
+    "baseline": "logistic head (no mitigation)",
+    "orthogonal": "orthogonal projection",
+    "inlp": "INLP",
+    "drop flagged": "drop flagged dims",
+    "reweighting": "reweighting",
+    "orthogonal + reweighting": "orthogonal projection + reweighting",
+}
+STRATEGIES = tuple(STRATEGY_LABELS)
+
+
+def mitigated_heads(train_codes, train_y, train_attr, *, flagged_dims=(), strategies=None, strata=None,
+                    weight_groups=None, seed: int = 0, notes: list | None = None):
+    """The one strategy loop: for each strategy (default: all of :data:`STRATEGIES`), yield
+    ``(name, remover or None, head)``, the head being :func:`fit_head` refitted on the training
+    codes transformed by the remover, with reweighting weights where the strategy says so.
+
+    ``strata`` (e.g. the labels): the attribute's directions are estimated within each stratum.
+    ``weight_groups``: the groups reweighting balances (default: the attribute's values).
+    ``notes`` receives what a reader should know (e.g. nothing flagged to drop).
+    """
+    train_codes = np.asarray(train_codes, dtype=np.float64)
+    weight_groups = train_attr if weight_groups is None else weight_groups
+    for name in strategies or STRATEGIES:
+        if name not in STRATEGY_LABELS:
+            raise InputError(f"unknown mitigation {name!r}; choose from {', '.join(STRATEGIES)}")
+        weights = None
+        remover = None
+        if name in ("orthogonal", "orthogonal + reweighting"):
+            remover = AttributeSubspaceRemover("orthogonal").fit(train_codes, train_attr, strata=strata)
+        elif name == "inlp":
+            remover = AttributeSubspaceRemover("inlp", random_state=seed).fit(train_codes, train_attr, strata=strata)
+        elif name == "drop flagged":
+            if not len(flagged_dims) and notes is not None:
+                notes.append("no flagged dimensions, so 'drop flagged' equals the baseline")
+            remover = AttributeSubspaceRemover("drop", dims=list(flagged_dims)).fit(train_codes)
+        if name in ("reweighting", "orthogonal + reweighting"):
+            weights = reweighing_weights(weight_groups, train_y)
+        codes = remover.transform(train_codes) if remover is not None else train_codes
+        yield name, remover, fit_head(codes, train_y, sample_weight=weights, seed=seed)
+
+
 def compare_mitigations(train_codes, train_y, train_attr, test_codes, test_y, test_attr, test_groups,
                         flagged_dims=(), n_boot: int = 200, seed: int = 0, strategies=None,
                         within_label: bool = True) -> MitigationReport:
@@ -252,27 +295,14 @@ def compare_mitigations(train_codes, train_y, train_attr, test_codes, test_y, te
     train_groups_for_weights = np.asarray(train_attr, dtype=object)
     if is_continuous(train_groups_for_weights):  # continuous: reweight by age group
         train_groups_for_weights = age_groups(train_groups_for_weights)
-    wanted = strategies or ["baseline", "orthogonal", "inlp", "drop flagged", "reweighting",
-                            "orthogonal + reweighting"]
     strata = train_y if within_label else None
     notes = []
     rows = []
-    for name in wanted:
-        weights = None
-        remover = None
-        if name in ("orthogonal", "orthogonal + reweighting"):
-            remover = AttributeSubspaceRemover("orthogonal").fit(train_codes, train_attr, strata=strata)
-        elif name == "inlp":
-            remover = AttributeSubspaceRemover("inlp", random_state=seed).fit(train_codes, train_attr, strata=strata)
-        elif name == "drop flagged":
-            if not len(flagged_dims):
-                notes.append("no flagged dimensions, so 'drop flagged' equals the baseline")
-            remover = AttributeSubspaceRemover("drop", dims=list(flagged_dims)).fit(train_codes)
-        if name in ("reweighting", "orthogonal + reweighting"):
-            weights = reweighing_weights(train_groups_for_weights, train_y)
+    for name, remover, head in mitigated_heads(train_codes, train_y, train_attr, flagged_dims=flagged_dims,
+                                               strategies=strategies, strata=strata,
+                                               weight_groups=train_groups_for_weights, seed=seed, notes=notes):
         tr = remover.transform(train_codes) if remover is not None else train_codes
         te = remover.transform(test_codes) if remover is not None else test_codes
-        head = fit_head(tr, train_y, sample_weight=weights, seed=seed)
         scores = head.predict_proba(te)[:, 1]
         report = subgroup_performance(test_y, scores, test_groups, threshold=threshold, n_boot=n_boot, seed=seed)
         overall = report.table.loc["overall"]

@@ -148,6 +148,10 @@ class ShortcutResult:
         return to_jsonable(out, digits=4)
 
 
+#: The mitigations the experiment compares (those of the audit, :mod:`pumamed.explain.mitigation`).
+SHORTCUT_STRATEGIES = ("baseline", "orthogonal", "inlp", "drop flagged", "reweighting")
+
+
 def _auc(y, score) -> float:
     from sklearn.metrics import roc_auc_score
 
@@ -178,7 +182,7 @@ def run_shortcut_experiment(cfg: ShortcutConfig | None = None, log=None, device=
 
     from pumamed.config import seed_everything
     from pumamed.explain.audit import AttributeValues, attribute_predictability, flag_dimensions, head_dependence
-    from pumamed.explain.mitigation import AttributeSubspaceRemover, fit_head, reweighing_weights
+    from pumamed.explain.mitigation import STRATEGY_LABELS, fit_head, mitigated_heads
     from pumamed.imaging import load_dataset
     from pumamed.net import PumaMedNet, PumaMedNetConfig
     from pumamed.net.data import ArrayData
@@ -268,18 +272,11 @@ def run_shortcut_experiment(cfg: ShortcutConfig | None = None, log=None, device=
 
     # --- mitigation: refit a logistic head on the (transformed) training codes
     mitigation = []
-    strategies = {
-        "logistic head (no mitigation)": (None, None),
-        "orthogonal projection": (AttributeSubspaceRemover("orthogonal").fit(codes_train, token.values, strata=strata), None),
-        "INLP": (AttributeSubspaceRemover("inlp", random_state=cfg.seed).fit(codes_train, token.values,
-                                                                            strata=strata), None),
-        "drop flagged dims": (AttributeSubspaceRemover("drop", dims=flags.flagged).fit(codes_train), None),
-        "reweighting": (None, reweighing_weights(token.values, y_train_bin)),
-    }
-    for name, (remover, sample_weight) in strategies.items():
+    for name, remover, head in mitigated_heads(codes_train, y_train_bin, token.values, flagged_dims=flags.flagged,
+                                               strategies=SHORTCUT_STRATEGIES, strata=strata, seed=cfg.seed):
         transform = remover.transform if remover is not None else (lambda c: c)
-        head = fit_head(transform(codes_train), y_train_bin, sample_weight=sample_weight, seed=cfg.seed)
-        row = {"strategy": name, "directions_removed": int(remover.n_removed_) if remover is not None else 0}
+        row = {"strategy": STRATEGY_LABELS[name],
+               "directions_removed": int(remover.n_removed_) if remover is not None else 0}
         for test_name, c in codes_test.items():
             row[f"auc_{test_name}"] = _auc(y_test_bin, head.predict_proba(transform(c))[:, 1])
         row["reliance"] = row["auc_aligned"] - row["auc_swapped"]
