@@ -24,6 +24,8 @@ if not os.environ.get(config.DATA_DIR_ENV) and SHARED_DATA.exists():
 
 # The smallest PumaMedNet the model tests build (32 px, three levels, 8 latent dimensions).
 TINY_PUMAMEDNET = dict(image_size=32, latent_dim=8, widths=(8, 16, 32), attention_resolution=8, groups=4)
+#: The image size of the training tests.
+TRAIN_SIZE = 32
 
 
 @pytest.fixture
@@ -62,6 +64,41 @@ def imaging_root(data_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def epi_root(data_root: Path) -> Path:
     return _require(data_root / "epi", "epidemiological data")
+
+
+@pytest.fixture(scope="module")
+def real_images(imaging_root):
+    """32 real BreastMNIST training images (binary labels) at 32 px, via the data layer."""
+    from pumamed.net.data import load_arrays
+
+    return load_arrays(["breastmnist"], "train", TRAIN_SIZE).subset(32, seed=0)
+
+
+def tiny_model(data, seed: int = 0):
+    """The tiny PumaMedNet (:data:`TINY_PUMAMEDNET`) for the classes of ``data`` (an ArrayData)."""
+    import torch
+
+    from pumamed.net import PumaMedNet, PumaMedNetConfig
+
+    torch.manual_seed(seed)
+    return PumaMedNet(PumaMedNetConfig(**{**TINY_PUMAMEDNET, "image_size": TRAIN_SIZE},
+                                       num_classes=len(data.class_names), task=data.task,
+                                       class_names=list(data.class_names)))
+
+
+def save_tiny_checkpoint(folder: Path, class_names, datasets, kl_per_dim, card_text: str) -> Path:
+    """A randomly initialised 64 px, 8-dimension PumaMedNet saved as a checkpoint (the page tests'
+    models): ``class_names`` for its head, ``datasets`` it claims to be trained on."""
+    import torch
+
+    from pumamed.net import PumaMedNet, PumaMedNetConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    model = PumaMedNet(PumaMedNetConfig(image_size=64, latent_dim=8, widths=(8, 16, 16, 16),
+                                        num_classes=len(class_names), class_names=list(class_names)))
+    save_checkpoint(folder, model, config={"data": {"datasets": list(datasets)}, "kl_per_dim": list(kl_per_dim)},
+                    card_text=card_text)
+    return folder
 
 
 def interrupted_fit(monkeypatch, fit_once) -> None:

@@ -1,4 +1,5 @@
-"""Penalised GLMs, boosting, spatial diagnostics and the models pipeline, on the real covariates."""
+"""Penalised GLMs, boosting, spatial diagnostics and the models pipeline: the solver's pure math on
+simulated data (no data directory), the rest on the real covariates."""
 
 from __future__ import annotations
 
@@ -25,6 +26,24 @@ def simulated(epi_root):
     return build_design(ModelSpec(sim_effects=PLANTED, sim_seed=0, data_dir=str(epi_root)))
 
 
+@pytest.fixture(scope="module")
+def synthetic():
+    """``(X, y, population)`` with no data directory, for the solver's pure-math checks: 800
+    simulated municipalities, 12 correlated covariates, negative binomial counts (dispersion 0.1)
+    with four planted effects."""
+    rng = np.random.default_rng(0)
+    n, p = 800, 12
+    cov = 0.3 ** np.abs(np.subtract.outer(np.arange(p), np.arange(p)))
+    X = pd.DataFrame(rng.multivariate_normal(np.zeros(p), cov, size=n) * 3 + 10, columns=[f"x{j}" for j in range(p)])
+    population = np.round(np.exp(rng.normal(9, 1.2, n)))
+    beta = np.zeros(p)
+    beta[[0, 3, 6, 9]] = np.log([1.25, 0.8, 1.2, 0.85])
+    z = ((X - X.mean()) / X.std(ddof=0)).to_numpy()
+    mean = population * 0.01 * np.exp(z @ beta)
+    y = rng.poisson(rng.gamma(1 / 0.1, 0.1 * mean)).astype(float)
+    return X, y, population
+
+
 def _xy(design):
     return (design.frame[design.covariates], design.frame["y"].to_numpy(float),
             design.frame["population"].to_numpy(float))
@@ -48,10 +67,10 @@ def test_known_truth_planted_effects_are_recovered(epi_root, sim_seed):
 
 
 # ---------------------------------------------------------------- agreement with statsmodels
-def test_zero_penalty_poisson_matches_statsmodels(simulated):
+def test_zero_penalty_poisson_matches_statsmodels(synthetic):
     import statsmodels.api as sm
 
-    X, y, pop = _xy(simulated)
+    X, y, pop = synthetic
     model = pen.PenalizedGLM(family="poisson", alpha=0.0).fit(X, y, exposure=pop)
     Z = sm.add_constant(model.standardizer_.transform(X.to_numpy(float)))
     ref = sm.GLM(y, Z, family=sm.families.Poisson(), offset=np.log(pop)).fit()
@@ -62,10 +81,10 @@ def test_zero_penalty_poisson_matches_statsmodels(simulated):
     np.testing.assert_allclose(model.coef_unit_ * X.to_numpy(float).std(axis=0), model.coef_, rtol=1e-10)
 
 
-def test_zero_penalty_negbin_matches_statsmodels(simulated):
+def test_zero_penalty_negbin_matches_statsmodels(synthetic):
     import statsmodels.api as sm
 
-    X, y, pop = _xy(simulated)
+    X, y, pop = synthetic
     X = X.iloc[:, :8]
     model = pen.PenalizedGLM(family="negbin", alpha=0.0).fit(X, y, exposure=pop)
     Z = sm.add_constant(model.standardizer_.transform(X.to_numpy(float)))
@@ -91,10 +110,10 @@ def test_zero_penalty_binomial_matches_statsmodels(epi_root):
 
 @pytest.mark.parametrize("family, l1_ratio, adaptive", [("poisson", 1.0, False), ("negbin", 0.5, False),
                                                        ("negbin", 1.0, True)])
-def test_path_solutions_satisfy_the_optimality_conditions(simulated, family, l1_ratio, adaptive):
+def test_path_solutions_satisfy_the_optimality_conditions(synthetic, family, l1_ratio, adaptive):
     """Every point of the path is the penalised optimum: the elastic-net KKT conditions hold.
     (statsmodels' fit_regularized, the obvious reference, does not converge on these data.)"""
-    X, y, pop = _xy(simulated)
+    X, y, pop = synthetic
     path = pen.glm_path(X, y, exposure=pop, family=family, l1_ratio=l1_ratio, n_lambdas=12, adaptive=adaptive)
     pf = None
     if adaptive:
@@ -135,8 +154,8 @@ def test_stability_selection_separates_planted_from_null(simulated):
     assert freq.between(0, 1).all()
 
 
-def test_vif_of_a_duplicated_column_is_infinite(simulated):
-    X, _, _ = _xy(simulated)
+def test_vif_of_a_duplicated_column_is_infinite(synthetic):
+    X, _, _ = synthetic
     vif = pen.variance_inflation(X)
     assert (vif >= 1 - 1e-9).all() and np.isfinite(vif).all()
     twin = X.iloc[:, :4].assign(twin=2 * X.iloc[:, 0] + 1)
@@ -146,8 +165,8 @@ def test_vif_of_a_duplicated_column_is_infinite(simulated):
 
 
 # ---------------------------------------------------------------- bad inputs
-def test_bad_designs_are_data_errors(simulated):
-    X, y, pop = _xy(simulated)
+def test_bad_designs_are_data_errors(synthetic):
+    X, y, pop = synthetic
     with pytest.raises(DataError, match="more municipalities than covariates"):
         pen.PenalizedGLM(family="poisson").fit(X.iloc[:10], y[:10], exposure=pop[:10])
     with pytest.raises(DataError, match="constant"):

@@ -49,14 +49,16 @@ def test_default_view_explains_an_image_and_reacts_to_controls(monkeypatch, mode
     at = _open(monkeypatch, models_root)
     _no_errors(at)
     headers = " ".join(s.value for s in at.subheader)
-    assert "abnormal" in headers and "Pixel-space explanations" in headers
+    # the counterfactual's question names the class in quotes: “abnormal” is not “normal”
+    assert "“abnormal”" in headers and "Pixel-space explanations" in headers
     assert any(b.label == "Run audit" for b in at.button)
     at.selectbox(key="ea_target").set_value(0)
     at.radio(key="ea_dir").set_value("both")
     at.number_input(key="ea_index").set_value(5)
     at.run()
     _no_errors(at)
-    assert "normal" in " ".join(s.value for s in at.subheader)
+    headers = " ".join(s.value for s in at.subheader)
+    assert "“normal”" in headers and "“abnormal”" not in headers, headers
 
 
 def test_audit_and_disentanglement_buttons(monkeypatch, models_root):

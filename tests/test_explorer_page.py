@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from tests.conftest import save_tiny_checkpoint
+
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 PAGE = "views/image_explorer.py"
 TIMEOUT = 180
@@ -27,15 +29,9 @@ MAP_TAB = ":material/scatter_plot: Latent map"
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory) -> Path:
-    from pumamed.net import PumaMedNet, PumaMedNetConfig, save_checkpoint
-
     root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    model = PumaMedNet(PumaMedNetConfig(image_size=64, latent_dim=8, widths=(8, 16, 16, 16), num_classes=3,
-                                        class_names=["normal", "benign", "malignant"]))
-    save_checkpoint(root / "mias_tiny", model, config={"data": {"datasets": ["mini_mias"]},
-                                                       "kl_per_dim": [0.5, 0.0, 2.0, 0.1, 0.0, 0.0, 1.0, 0.0]},
-                    card_text="# mias_tiny\n\nRandomly initialised, for tests.")
+    save_tiny_checkpoint(root / "mias_tiny", ["normal", "benign", "malignant"], ["mini_mias"],
+                         [0.5, 0.0, 2.0, 0.1, 0.0, 0.0, 1.0, 0.0], "# mias_tiny\n\nRandomly initialised, for tests.")
     return root
 
 

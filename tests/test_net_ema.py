@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import interrupted_fit
-from tests.test_net_train import SIZE, real_images, tiny_model  # noqa: F401  (real_images: a fixture)
+from tests.conftest import TRAIN_SIZE as SIZE
+from tests.conftest import interrupted_fit, tiny_model
 from pumamed.cli import main
 from pumamed.errors import CheckpointError, InputError
 from pumamed.net import checkpoint as ckpt

@@ -9,31 +9,17 @@ import socket
 import pytest
 import torch
 
-from tests.conftest import TINY_PUMAMEDNET, interrupted_fit
+from tests.conftest import TRAIN_SIZE, interrupted_fit, tiny_model
 from pumamed.cli import main
-from pumamed.net import PumaMedNet, PumaMedNetConfig
 from pumamed.net import checkpoint as ckpt
-from pumamed.net.data import ArrayData, load_arrays
+from pumamed.net.data import ArrayData
 from pumamed.net.train import RESUME_DIR, TrainConfig, fit
 
-SIZE = 32
-TINY = {**TINY_PUMAMEDNET, "image_size": SIZE}
+SIZE = TRAIN_SIZE
 TINY_CLI = ["--size", str(SIZE), "--widths", "8,16,32", "--latent", "8", "--quiet"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def real_images(imaging_root) -> ArrayData:
-    """32 real BreastMNIST training images (binary labels) at 32 px, via the data layer."""
-    return load_arrays(["breastmnist"], "train", SIZE).subset(32, seed=0)
-
-
-def tiny_model(data: ArrayData, seed: int = 0) -> PumaMedNet:
-    torch.manual_seed(seed)
-    return PumaMedNet(PumaMedNetConfig(**TINY, num_classes=len(data.class_names), task=data.task,
-                                       class_names=list(data.class_names)))
 
 
 def _resume_weights(folder):

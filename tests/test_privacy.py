@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import save_tiny_checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 
@@ -124,17 +126,9 @@ def _files_written_since(start: float, roots: list[Path]) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory) -> Path:
-    import torch
-
-    from pumamed.net import PumaMedNet, PumaMedNetConfig, save_checkpoint
-
     root = tmp_path_factory.mktemp("privacy_models")
-    torch.manual_seed(0)
-    model = PumaMedNet(PumaMedNetConfig(image_size=64, latent_dim=8, widths=(8, 16, 16, 16), num_classes=2,
-                                        class_names=["normal", "abnormal"]))
-    save_checkpoint(root / "chest_tiny", model, config={"data": {"datasets": ["nih_cxr14_1000"]},
-                                                        "kl_per_dim": [1.0, 0.5, 0.2, 0.1, 0, 0, 0, 0]},
-                    card_text="# chest_tiny\n")
+    save_tiny_checkpoint(root / "chest_tiny", ["normal", "abnormal"], ["nih_cxr14_1000"],
+                         [1.0, 0.5, 0.2, 0.1, 0, 0, 0, 0], "# chest_tiny\n")
     return root
 
 
