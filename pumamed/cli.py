@@ -6,12 +6,15 @@ their heavy dependencies inside ``func`` so that ``--help`` stays fast.
 
 Errors a user can cause are :class:`pumamed.errors.PumaMedError`: printed as one line on stderr,
 exit code 2. Anything else is printed as one line too (exit 1); ``--debug`` shows the traceback.
+The library names a setting by its parameter in backquotes (```init```); :func:`cli_message`
+shows it as the flag that sets it (``--init``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from pumamed.errors import PumaMedError
@@ -55,6 +58,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 
+_PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+
+
+def parameter_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each parameter (an option's ``dest``) of ``parser`` and its sub-commands, with the long flag
+    that sets it (``--name-with-dashes`` where there is one)."""
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                for dest, flag in parameter_flags(sub).items():
+                    flags.setdefault(dest, flag)
+        else:
+            long = [o for o in action.option_strings if o.startswith("--")]
+            natural = "--" + action.dest.replace("_", "-")
+            if long:
+                flags.setdefault(action.dest, natural if natural in long else long[0])
+    return flags
+
+
+def cli_message(message: str, flags: dict[str, str]) -> str:
+    """A library message for the command line: every backquoted parameter (```init```) that a
+    flag sets becomes that flag (``--init``); other backquoted names stay as they are."""
+    return _PARAMETER.sub(lambda m: flags.get(m.group(1), m.group(0)), message)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -66,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except PumaMedError as exc:
         if args.debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {cli_message(str(exc), parameter_flags(parser))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

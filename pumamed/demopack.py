@@ -341,13 +341,13 @@ def build_pack(source, out) -> dict:
     """
     source, out = Path(source).expanduser().resolve(), Path(out).expanduser().resolve()
     if not source.is_dir():
-        raise InputError(f"--from {source}: not a folder (give the full data directory holding imaging/ and epi/)")
+        raise InputError(f"`source` {source}: not a folder (give the full data directory holding imaging/ and epi/)")
     if out == source or source in out.parents:
-        raise InputError("--out must not be inside the source data directory")
+        raise InputError("`out` must not be inside the source data directory")
     if out.exists():
         stray = [p for p in out.iterdir() if p.name not in {"imaging", "epi", MANIFEST, SOURCES}]
         if stray:
-            raise InputError(f"--out {out} holds other files ({stray[0].name}); give an empty folder or the pack")
+            raise InputError(f"`out` {out} holds other files ({stray[0].name}); give an empty folder or the pack")
         shutil.rmtree(out)
     staging = out.with_name(out.name + ".building")
     if staging.exists():

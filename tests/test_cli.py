@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pumamed.cli import main
@@ -53,3 +54,18 @@ def test_cli_module_runs_as_script():
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "missing" in proc.stdout
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, capsys):
+    """A library error names the parameter (`out`, for a page or a caller); the CLI shows the flag."""
+    from pumamed.cli import build_parser, cli_message, parameter_flags
+    from pumamed.epi.panel import write_panel
+    from pumamed.errors import DataError
+
+    with pytest.raises(DataError, match="`out` must end in .csv or .parquet"):
+        write_panel(pd.DataFrame({"a": [1]}), tmp_path / "p.xlsx")
+    flags = parameter_flags(build_parser())
+    assert cli_message("`out` must end in .csv", flags) == "--out must end in .csv"
+    assert cli_message("`source` is not a folder; `detail_channels` 4", flags) == \
+        "--from is not a folder; --detail-channels 4"
+    assert cli_message("`not_a_parameter` stays", flags) == "`not_a_parameter` stays"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pumamed.epi import panel as P
-from pumamed.epi import panel_cli
+from pumamed.commands import epi_panel as panel_cli
 from pumamed.errors import DataError
 
 # Assembling the panel from every real source takes ~20-50 s of CPU on a 2-core machine (once per

@@ -76,7 +76,7 @@ def test_resume_with_an_average_is_exact_and_must_match(real_images, tmp_path, m
 
     # the same run without its average cannot resume it (nor the reverse): the average would restart
     without = TrainConfig(**{**cfg.to_dict(), "ema": 0.0})
-    with pytest.raises(CheckpointError, match="--ema"):
+    with pytest.raises(CheckpointError, match="`ema`"):
         fit(tiny_model(real_images), real_images, real_images, without, tmp_path / "resumed", resume=True, **quiet)
     fit(tiny_model(real_images, seed=9), real_images, real_images, cfg, tmp_path / "resumed", resume=True, **quiet)
 

@@ -3,9 +3,9 @@
 from pumamed.commands._lazy import add_lazy_subcommands
 
 ACTIONS = (
-    ("panel", "assemble the municipal panel and its data-quality report", "pumamed.epi.panel_cli"),
-    ("model", "penalised count regression, boosting and spatial checks for one outcome", "pumamed.epi.model_cli"),
-    ("simulate", "simulate an outcome with planted effects from the real covariates", "pumamed.epi.simulate_cli"),
+    ("panel", "assemble the municipal panel and its data-quality report", "pumamed.commands.epi_panel"),
+    ("model", "penalised count regression, boosting and spatial checks for one outcome", "pumamed.commands.epi_model"),
+    ("simulate", "simulate an outcome with planted effects from the real covariates", "pumamed.commands.epi_simulate"),
 )
 
 

@@ -247,7 +247,7 @@ def fetch_epi(data_dir, only=None, dry_run: bool = False, *, mirror: str | None 
     except OSError as exc:
         raise DataError(f"cannot create {root}: {exc}") from exc
     if not os.access(root, os.W_OK):
-        raise DataError(f"the data directory {root} is not writable; choose another with --data-dir")
+        raise DataError(f"the data directory {root} is not writable; choose another with `data_dir`")
 
     import pooch
 

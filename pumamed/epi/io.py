@@ -46,7 +46,7 @@ def require_file(path: Path, what: str) -> Path:
     path = Path(path)
     if not path.exists():
         raise DataError(
-            f"{what} not found at {path}. Point PUMAMED_DATA_DIR (or --data-dir) at the data folder "
+            f"{what} not found at {path}. Point PUMAMED_DATA_DIR (or `data_dir`) at the data folder "
             f"holding epi/, or run `python -m pumamed data fetch epi`."
         )
     return path

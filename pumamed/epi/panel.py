@@ -126,7 +126,7 @@ class PanelQuality:
             records = "" if pd.isna(row.records) else f" records={int(row.records)}"
             lines.append(f"  {row.source:28} {row.CVEGEO}  {row.reason}  rows={row.rows}{records}")
         if len(self.unmatched) > max_unmatched:
-            lines.append(f"  ... {len(self.unmatched) - max_unmatched} more (see --json)")
+            lines.append(f"  ... {len(self.unmatched) - max_unmatched} more (in the JSON report)")
         if self.notes:
             lines += ["", "notes:"] + [f"  - {note}" for note in self.notes]
         return "\n".join(lines)
@@ -530,7 +530,7 @@ def write_panel(panel: pd.DataFrame, path) -> Path:
     elif path.suffix.lower() == ".csv":
         panel.to_csv(path, index=False)
     else:
-        raise DataError(f"--out must end in .csv or .parquet, not {path.suffix or 'nothing'}")
+        raise DataError(f"`out` must end in .csv or .parquet, not {path.suffix or 'nothing'}")
     return path
 
 

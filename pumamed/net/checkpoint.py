@@ -387,7 +387,7 @@ def load_resume_state(folder, model: torch.nn.Module, optimizer: torch.optim.Opt
         if not has_resume_state(folder):
             raise CheckpointError(f"cannot resume: {folder} holds no saved training state")
         if averaged is not None:
-            raise CheckpointError(f"cannot resume: {folder} was saved without a weight average (--ema)")
+            raise CheckpointError(f"cannot resume: {folder} was saved without a weight average (`ema`)")
         load_state_strict(model, read_tensors(folder / WEIGHTS_FILE), str(folder))
         return load_training_state(folder, optimizer, scheduler=scheduler, scaler=scaler)
     tensors, payload = read_resume_state(folder)
@@ -396,8 +396,8 @@ def load_resume_state(folder, model: torch.nn.Module, optimizer: torch.optim.Opt
     averaged_state = {k[len("averaged."):]: v for k, v in tensors.items() if k.startswith("averaged.")}
     if (averaged is None) != (not averaged_state):
         saved = "with" if averaged_state else "without"
-        raise CheckpointError(f"cannot resume: {folder} was saved {saved} a weight average (--ema); "
-                              f"resume with the same --ema as the interrupted run")
+        raise CheckpointError(f"cannot resume: {folder} was saved {saved} a weight average (`ema`); "
+                              f"resume with the same `ema` as the interrupted run")
     if averaged is not None:
         load_state_strict(averaged, averaged_state, str(folder))
     return _restore_optimizer(optimizer, {k: v for k, v in tensors.items() if k.startswith("optimizer.")},

@@ -42,7 +42,7 @@ def evaluate_checkpoint(model_dir, dataset: str, split: str = "test", data_dir=N
     from pumamed.net.metrics import classification_metrics, mean_with_interval, model_cost, paired_auc_bootstrap
 
     if against is not None and bootstrap < 100:  # checked before any model is run
-        raise InputError("--bootstrap needs at least 100 replicates for a 95 % interval")
+        raise InputError("`bootstrap` needs at least 100 replicates for a 95 % interval")
     device = select_device(device)
 
     def figures(model_dir):
@@ -75,7 +75,7 @@ def evaluate_checkpoint(model_dir, dataset: str, split: str = "test", data_dir=N
         raise InputError(f"the model in {model_dir} has no classifier head to compare")
     other, other_data, other_proba = figures(against)
     if other_proba is None:
-        raise InputError(f"the --against model in {against} has no classifier head to compare")
+        raise InputError(f"the `against` model in {against} has no classifier head to compare")
     if not np.array_equal(data.labels.numpy(), other_data.labels.numpy()):
         raise InputError("the two models did not see the same labelled images; compare them on one dataset split")
     result["against"] = {k: other[k] for k in ("model", "arch", "image_size", "auc", "accuracy",

@@ -57,7 +57,7 @@ def _option_text(value) -> str:
 def _check_names(names: list[str]) -> list[str]:
     names = [n.strip() for n in names if n and n.strip()]
     if not names:
-        raise InputError("give at least one dataset with --dataset NAME[,NAME...]")
+        raise InputError("give at least one dataset in `dataset` (names separated by commas)")
     if len(set(names)) != len(names):
         raise InputError(f"a dataset is listed twice in {names}")
     return names
@@ -83,8 +83,8 @@ def transfer_weights(target: torch.nn.Module, source: torch.nn.Module, *, new_si
                and not (k.startswith("encoder.to_detail.") and not any(n.startswith("encoder.to_detail.") for n in src))]
     missing = [k for k in encoder if k not in copied]
     if missing:
-        raise CheckpointError(f"the --init model does not fit: {len(missing)} encoder tensors differ "
-                              f"(e.g. {missing[0]}); use the same --size, --latent and widths as its pretraining")
+        raise CheckpointError(f"the `init` model does not fit: {len(missing)} encoder tensors differ "
+                              f"(e.g. {missing[0]}); use the same `size`, `latent` and widths as its pretraining")
     with torch.no_grad():
         target.load_state_dict({**own, **{k: src[k] for k in copied}})
     return copied
@@ -151,7 +151,7 @@ def _load_one_teacher(folder: Path, train: ArrayData, size: int):
     model_cfg = loaded.config.get("model", {})
     has_head = loaded.arch == "resnet18" or getattr(loaded.model, "classifier", None) is not None
     if not has_head:
-        raise InputError(f"the --teacher model in {folder} has no classifier head")
+        raise InputError(f"the `teacher` model in {folder} has no classifier head")
     problems = []
     if list(model_cfg.get("class_names", [])) != list(train.class_names):
         problems.append(f"classes {model_cfg.get('class_names')} (this run: {list(train.class_names)})")
@@ -160,7 +160,7 @@ def _load_one_teacher(folder: Path, train: ArrayData, size: int):
     if int(model_cfg.get("image_size", size)) != size:
         problems.append(f"image size {model_cfg.get('image_size')} px (this run: {size} px)")
     if problems:
-        raise InputError(f"the --teacher model in {folder} does not match this run: " + "; ".join(problems))
+        raise InputError(f"the `teacher` model in {folder} does not match this run: " + "; ".join(problems))
     val_auc = None
     try:
         metrics = json.loads((Path(folder) / ckpt.METRICS_FILE).read_text(encoding="utf-8"))
@@ -178,10 +178,10 @@ def load_teacher(folders, train: ArrayData, size: int):
     make one ensemble teacher (mean logits). Returns (model, a description for config.json and
     the model card)."""
     if train.task not in ("binary", "multiclass", "multilabel"):
-        raise InputError("--teacher distils a classifier: train on one labelled dataset, not on a mix")
+        raise InputError("`teacher` distils a classifier: train on one labelled dataset, not on a mix")
     folders = [Path(f) for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
     if len(set(folders)) != len(folders):
-        raise InputError("--teacher names the same folder twice")
+        raise InputError("`teacher` names the same folder twice")
     loaded = [_load_one_teacher(folder, train, size) for folder in folders]
     if len(loaded) == 1:
         return loaded[0]
@@ -207,7 +207,7 @@ def build_model(spec: RunSpec, train: ArrayData):
         return ResNet18Classifier(ResNetConfig(image_size=spec.size, num_classes=len(train.class_names),
                                                task=train.task, class_names=list(train.class_names)))
     if spec.arch != "pumamednet":
-        raise InputError(f"unknown --arch {spec.arch!r} (pumamednet or resnet18)")
+        raise InputError(f"unknown `arch` {spec.arch!r} (pumamednet or resnet18)")
     try:
         if train.task == "mix":
             aux = {"mix": int(train.labels.shape[1])} if spec.train.aux_weight > 0 else {}
@@ -242,7 +242,7 @@ def run(spec: RunSpec, log=print) -> dict:
     init_loaded, init_size = None, None
     if spec.init is not None:
         if spec.arch != "pumamednet":
-            raise InputError("--init transfers a pretrained PumaMedNet; it does not apply to --arch resnet18")
+            raise InputError("`init` transfers a pretrained PumaMedNet; it does not apply to `arch` resnet18")
         init_loaded = ckpt.load_model(spec.init, device="cpu")
         init_model_cfg = init_loaded.config.get("model", {})
         init_size = int(init_model_cfg.get("image_size", spec.size))
@@ -250,8 +250,8 @@ def run(spec: RunSpec, log=print) -> dict:
         if init_size != spec.size:
             # Keep self-attention at the same stage of the network, so every layer keeps its shape.
             spec.attention_resolution = spec.attention_resolution * spec.size // init_size
-            log(f"--init was trained at {init_size} px, this run is at {spec.size} px: its convolution filters "
-                f"transfer (self-attention stays at the same stage, now {spec.attention_resolution} px wide), "
+            log(f"the initial model was trained at {init_size} px, this run is at {spec.size} px: its convolution "
+                f"filters transfer (self-attention stays at the same stage, now {spec.attention_resolution} px wide), "
                 f"the latent projections (encoder.to_latent, decoder.from_latent) start fresh")
         pretrained = {"latent": int(init_model_cfg.get("latent_dim", spec.latent)),
                       "widths": tuple(init_model_cfg.get("widths", spec.widths)),
@@ -262,11 +262,11 @@ def run(spec: RunSpec, log=print) -> dict:
         if init_size != spec.size and "latent" in spec.architecture_given:
             # the latent projections start fresh at a new size anyway, so --latent is free there
             pretrained["latent"] = spec.latent
-        conflicts = [f"--{name.replace('_', '-')} {_option_text(getattr(spec, name))} (pretrained: "
+        conflicts = [f"`{name}` {_option_text(getattr(spec, name))} (pretrained: "
                      f"{_option_text(value)})" for name, value in pretrained.items()
                      if name in spec.architecture_given and getattr(spec, name) != value]
         if conflicts:
-            raise InputError("--init fixes the architecture, and " + "; ".join(conflicts) + " differs: leave "
+            raise InputError("`init` fixes the architecture, and " + "; ".join(conflicts) + " differs: leave "
                              "these options out, or pretrain with them")
         spec.latent, spec.widths, spec.weight_map = pretrained["latent"], pretrained["widths"], pretrained["weight_map"]
         init_detail = int(init_model_cfg.get("detail_channels", 0))

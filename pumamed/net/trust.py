@@ -430,14 +430,14 @@ def calibrate_checkpoint(model_dir, dataset: str | None = None, data_dir=None, d
     from pumamed.net.checkpoint import atomic_save_tensors, atomic_write_json, load_model
 
     if not 0.5 <= quantile < 1.0:
-        raise InputError("--quantile must be in [0.5, 1)")
+        raise InputError("`quantile` must be in [0.5, 1)")
     log = log or (lambda message: None)
     device = select_device(None if device is None else str(device))
     folder = Path(model_dir)
     loaded = load_model(folder, device=device)
     own = [dataset] if dataset else _own_datasets(loaded)
     if not own:
-        raise InputError(f"{folder}: config.json does not name its training data; pass --dataset NAME")
+        raise InputError(f"{folder}: config.json does not name its training data; pass `dataset`")
     unknown = [n for n in own if n not in DATASETS]
     if unknown:
         raise InputError(f"unknown dataset {unknown[0]!r} (registered: {', '.join(DATASETS)})")
@@ -537,7 +537,7 @@ def trust_test_figures(loaded, trust: Trust, own, others=None, split: str = "tes
             others = [n for n in _available(DATASETS, data_dir) if n not in own]
         for name in others:
             if name not in DATASETS:
-                raise InputError(f"unknown dataset {name!r} for --ood (registered: {', '.join(DATASETS)})")
+                raise InputError(f"unknown dataset {name!r} for `ood` (registered: {', '.join(DATASETS)})")
             log(f"encoding the {split} split of {name}")
             other = _split_outputs(loaded, [name], split, data_dir, device, batch_size)
             scores = trust.ood_score(other)
@@ -560,9 +560,9 @@ def evaluate_trust(model_dir, dataset: str, split: str = "test", ood=None, data_
     names = [n.strip() for n in (ood or []) if n and n.strip()]
     for name in names:
         if name not in DATASETS:
-            raise InputError(f"unknown dataset {name!r} in --ood (registered: {', '.join(DATASETS)})")
+            raise InputError(f"unknown dataset {name!r} in `ood` (registered: {', '.join(DATASETS)})")
         if name == dataset:
-            raise InputError(f"--ood {name} is the model's own dataset; name other datasets")
+            raise InputError(f"`ood` {name} is the model's own dataset; name other datasets")
     device = select_device(None if device is None else str(device))
     loaded = load_model(model_dir, device=device)
     trust = load_trust(model_dir)

@@ -27,7 +27,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from pumamed.epi import simulate
-    from pumamed.epi.model_cli import parse_effects
+    from pumamed.commands.epi_model import parse_effects
     from pumamed.epi.modeling import ModelSpec, simulate_from_spec
 
     spec = ModelSpec(outcome="simulated", covariates=tuple(args.covariates) if args.covariates else None,
