@@ -82,6 +82,12 @@ class TrainConfig:
     # > 0: adds ssim_weight * pixels * (1 - SSIM(recon, target)) per image to the weighted squared
     # error, so structure (edges, texture) counts beside intensity
     ssim_weight: float = 0.0
+    # > 0 (hierarchical models with a classifier): each image's global code is also decoded with
+    # another image's detail code, and the classifier on the re-encoded picture must still name
+    # the global code's class, with this weight. The decision then follows the global code whatever
+    # detail it is drawn with, so a counterfactual that moves the global code changes the lesion
+    # even with the image's own detail held.
+    detail_swap_weight: float = 0.0
     keep_resume_state: bool = False  # keep out/resume after a finished run
     progress: bool = True
 
@@ -211,6 +217,13 @@ class TrainingObjective(nn.Module):
             detail = model.reparameterize(detail_mu, detail_logvar) if cfg.sample_latent else detail_mu
             detail = drop_detail(detail, model.config.detail_dropout)
         recon = model.decode(z, detail)
+        swap_term = None
+        if detail_mu is not None and cfg.detail_swap_weight > 0 and model.classifier is not None and len(z) > 1:
+            drawn = model.reparameterize(detail_mu, detail_logvar) if cfg.sample_latent else detail_mu
+            # the next image's detail (a fixed roll, so shapes never depend on the data)
+            swapped = model.decode(z, torch.roll(drawn, shifts=1, dims=0))
+            swap_term = classification_loss(model.classifier(model.encode(swapped)[0]), label, self.task)
+            stats["detail_swap"] = swap_term.detach()
         weights, weight_net_loss = weight_map(model, target, recon)
         rec = weighted_reconstruction(recon, target, weights)
         if cfg.ssim_weight > 0:
@@ -227,6 +240,8 @@ class TrainingObjective(nn.Module):
             warm = beta_t / cfg.beta if cfg.beta > 0 else 1.0  # the same warm-up as the global KL
             loss = loss + cfg.detail_beta * warm * kl_detail
             stats["kl_detail"] = kl_detail.detach()
+        if swap_term is not None:
+            loss = loss + cfg.detail_swap_weight * swap_term
         stats.update(recon=rec.detach(), kl=kl.detach(), kl_dims=kl_dims.detach().mean(0),
                      mse=(recon.detach().float() - target).pow(2).mean())
         if weight_net_loss is not None:
@@ -554,7 +569,7 @@ def _collect_metrics(history, best_epoch, best_val, previous) -> dict:
 
 def _epoch_summary(record: dict) -> str:
     parts = [f"epoch {record['epoch']}", f"loss {record.get('loss', float('nan')):.3f}"]
-    for key in ("recon", "kl", "cls", "distill", "aux"):
+    for key in ("recon", "kl", "kl_detail", "cls", "detail_swap", "distill", "aux"):
         if key in record:
             parts.append(f"{key} {record[key]:.3f}")
     if "kl_per_dim" in record:
