@@ -153,9 +153,12 @@ def test_evaluate_judge_end_to_end_and_its_user_errors(imaging_root, tmp_path, c
     judge, model = tmp_path / "judge", tmp_path / "model"
     assert main(["train", "--arch", "resnet18", "--size", str(SIZE), "--quiet", *common, "--out", str(judge)]) == 0
     assert main(["train", *TINY_CLI, *common, "--detail-channels", "2", "--detail-resolution", "8",
-                 "--ssim-weight", "0.1", "--out", str(model)]) == 0
+                 "--ssim-weight", "0.1", "--detail-swap", "10", "--out", str(model)]) == 0
     config = json.loads((model / "config.json").read_text())
     assert config["model"]["detail_channels"] == 2 and config["training"]["ssim_weight"] == 0.1
+    assert config["training"]["detail_swap_weight"] == 10
+    history = json.loads((model / "metrics.json").read_text())["history"]
+    assert history[0]["detail_swap"] > 0 and history[0]["kl_detail"] > 0 and history[0]["ssim_loss"] > 0
     capsys.readouterr()
     assert main(["evaluate", "--model", str(model), "--dataset", "breastmnist", "--judge", str(judge),
                  "--counterfactual-limit", "12", "--latency-repeats", "2", "--device", "cpu", "--json"]) == 0
