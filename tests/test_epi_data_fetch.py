@@ -67,15 +67,23 @@ def test_manifest_is_pinned_and_complete(epi_root):
         assert fetch.verify_file(epi_root / entry["path"], entry["sha256"], entry["size"]), entry["path"]
 
 
-def test_fetch_from_local_server(tmp_path, epi_root, serve, capsys):
+def _report(result) -> str:
+    from pumamed.commands.data import fetch_report
+
+    return "\n".join(fetch_report(result, "epi"))
+
+
+def test_fetch_from_local_server(tmp_path, epi_root, serve):
     base = serve(epi_root)
     target = tmp_path / "data"
     only = ["conapo_imm_2020", "rama_cdmx_daily_2015_2023"]
     # Dry run: lists, touches nothing.
-    assert fetch.fetch_epi(target, only=only, dry_run=True, mirror=base) == 0
-    assert "2 missing" in capsys.readouterr().out and not target.exists()
+    result = fetch.fetch_epi(target, only=only, dry_run=True, mirror=base)
+    assert result.ok and result.count("missing") == 2 and not target.exists()
+    assert "2 missing" in _report(result)
 
-    assert fetch.fetch_epi(target, only=only, mirror=base, progressbar=False) == 0
+    result = fetch.fetch_epi(target, only=only, mirror=base, progressbar=False)
+    assert result.ok and len(result.installed) == 2
     imm = target / "epi" / "conapo_imm_2020" / "IMM_2020.csv"
     assert imm.read_bytes() == (epi_root / "conapo_imm_2020" / "IMM_2020.csv").read_bytes()
     # The fetched copy is usable by the readers.
@@ -84,18 +92,18 @@ def test_fetch_from_local_server(tmp_path, epi_root, serve, capsys):
     assert len(read_imm_2020(target)) == 2469
 
     # Second run: everything verified, nothing downloaded.
-    assert fetch.fetch_epi(target, only=only, mirror=base, progressbar=False) == 0
-    assert "2 verified" in capsys.readouterr().out
+    result = fetch.fetch_epi(target, only=only, mirror=base, progressbar=False)
+    assert result.ok and not result.installed and "2 verified" in _report(result)
 
     # A locally damaged file is detected and replaced by a verified copy.
     imm.write_bytes(imm.read_bytes()[:-10])
-    assert fetch.fetch_epi(target, only=["conapo_imm_2020"], dry_run=True, mirror=base) == 0
-    assert "1 corrupted" in capsys.readouterr().out
-    assert fetch.fetch_epi(target, only=["conapo_imm_2020"], mirror=base, progressbar=False) == 0
+    result = fetch.fetch_epi(target, only=["conapo_imm_2020"], dry_run=True, mirror=base)
+    assert result.count("corrupted") == 1 and "1 corrupted" in _report(result)
+    assert fetch.fetch_epi(target, only=["conapo_imm_2020"], mirror=base, progressbar=False).ok
     assert fetch.verify_file(imm, fetch.manifest_entries(["conapo_imm_2020"])[0]["sha256"])
 
 
-def test_corrupted_download_is_not_installed(tmp_path, epi_root, serve, capsys):
+def test_corrupted_download_is_not_installed(tmp_path, epi_root, serve):
     mirror = tmp_path / "mirror"
     source = epi_root / "conapo_imm_2020" / "IMM_2020.csv"
     (mirror / "conapo_imm_2020").mkdir(parents=True)
@@ -103,9 +111,10 @@ def test_corrupted_download_is_not_installed(tmp_path, epi_root, serve, capsys):
     data[500] = ord("9") if data[500] != ord("9") else ord("8")  # one changed digit
     (mirror / "conapo_imm_2020" / "IMM_2020.csv").write_bytes(bytes(data))
     target = tmp_path / "data"
-    assert fetch.fetch_epi(target, only=["conapo_imm_2020"], mirror=serve(mirror), progressbar=False) == 1
+    result = fetch.fetch_epi(target, only=["conapo_imm_2020"], mirror=serve(mirror), progressbar=False)
+    assert not result.ok and result.failures == ["conapo_imm_2020/IMM_2020.csv"]
     assert not (target / "epi" / "conapo_imm_2020" / "IMM_2020.csv").exists()
-    assert "nothing unverified was installed" in capsys.readouterr().out
+    assert "nothing unverified was installed" in _report(result)
 
 
 def test_unknown_dataset_is_an_input_error(tmp_path):

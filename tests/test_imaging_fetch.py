@@ -57,44 +57,51 @@ def test_published_files_are_pinned():
         assert "zenodo.org/records/" in remote.url, "a versioned record, not a 'latest' link"
 
 
-def test_fetch_from_local_server_installs_a_verified_file(tmp_path, server, capsys):
+def _report(result) -> str:
+    from pumamed.commands.data import fetch_report
+
+    return "\n".join(fetch_report(result, "imaging"))
+
+
+def test_fetch_from_local_server_installs_a_verified_file(tmp_path, server):
     folder, base = server
     known = _medmnist_fixture(folder / "pneumoniamnist.npz")
     files = (_remote("pneumoniamnist", f"{base}/pneumoniamnist.npz", known),)
     target = tmp_path / "data"
-    assert fetch.fetch_imaging(target, dry_run=True, files=files) == 0
+    assert fetch.fetch_imaging(target, dry_run=True, files=files).ok
     assert not target.exists(), "a dry run touches nothing"
-    assert fetch.fetch_imaging(target, files=files, progressbar=False) == 0
+    assert fetch.fetch_imaging(target, files=files, progressbar=False).installed == ["imaging/pneumoniamnist.npz"]
     installed = target / "imaging" / "pneumoniamnist.npz"
     assert installed.read_bytes() == (folder / "pneumoniamnist.npz").read_bytes()
     assert len(load_dataset("pneumoniamnist", split="test", size=28, data_dir=target)) == 6
-    capsys.readouterr()
-    assert fetch.fetch_imaging(target, files=files, progressbar=False) == 0
-    assert "[ok     ]" in capsys.readouterr().out
+    result = fetch.fetch_imaging(target, files=files, progressbar=False)
+    assert result.ok and "[ok     ]" in _report(result)
 
 
-def test_tampered_download_is_not_installed(tmp_path, server, capsys):
+def test_tampered_download_is_not_installed(tmp_path, server):
     folder, base = server
     known = _medmnist_fixture(folder / "breastmnist.npz")
     data = bytearray((folder / "breastmnist.npz").read_bytes())
     data[-40] ^= 0xFF
     (folder / "breastmnist.npz").write_bytes(bytes(data))
     files = (_remote("breastmnist", f"{base}/breastmnist.npz", known),)
-    assert fetch.fetch_imaging(tmp_path / "data", files=files, progressbar=False) == 1
+    result = fetch.fetch_imaging(tmp_path / "data", files=files, progressbar=False)
+    assert not result.ok
     assert not (tmp_path / "data" / "imaging" / "breastmnist.npz").exists()
-    assert "nothing unverified was installed" in capsys.readouterr().out
+    assert "nothing unverified was installed" in _report(result)
 
 
-def test_a_different_local_copy_is_kept(tmp_path, server, capsys):
+def test_a_different_local_copy_is_kept(tmp_path, server):
     folder, base = server
     known = _medmnist_fixture(folder / "breastmnist.npz")
     mine = tmp_path / "data" / "imaging" / "breastmnist.npz"
     mine.parent.mkdir(parents=True)
     mine.write_bytes(b"my own copy")
     files = (_remote("breastmnist", f"{base}/breastmnist.npz", known),)
-    assert fetch.fetch_imaging(tmp_path / "data", files=files, progressbar=False) == 0
+    result = fetch.fetch_imaging(tmp_path / "data", files=files, progressbar=False)
+    assert result.ok
     assert mine.read_bytes() == b"my own copy"
-    assert "differs" in capsys.readouterr().out
+    assert "differs" in _report(result)
 
 
 def test_unknown_or_manual_dataset_is_an_input_error():

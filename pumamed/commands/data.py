@@ -73,10 +73,36 @@ def run_fetch(args) -> int:
     if args.source == "imaging":
         from pumamed.imaging.fetch import fetch_imaging
 
-        return fetch_imaging(root, only=args.only, dry_run=args.dry_run)
-    from pumamed.epi.fetch import fetch_epi
+        result = fetch_imaging(root, only=args.only, dry_run=args.dry_run)
+    else:
+        from pumamed.epi.fetch import fetch_epi
 
-    return fetch_epi(root, only=args.only, dry_run=args.dry_run)
+        result = fetch_epi(root, only=args.only, dry_run=args.dry_run)
+    print("\n".join(fetch_report(result, args.source)))
+    return 0 if result.ok else 1
+
+
+def fetch_report(result, source: str) -> list[str]:
+    """The lines ``data fetch`` prints for a :class:`pumamed.fetching.FetchResult`."""
+    lines = [f"{source} data directory: {result.folder}"]
+    if source == "epi":
+        lines.append(f"{len(result.planned)} files: {result.count('ok')} verified, {result.count('missing')} missing, "
+                     f"{result.count('corrupted')} corrupted ({result.download_bytes / 1e6:.1f} MB to download)")
+        for planned in result.planned:
+            if planned.state != "ok":
+                marker = "not downloadable (derived locally)" if not planned.url else planned.url
+                lines.append(f"  [{planned.state:9}] {planned.path}  <- {marker}")
+    else:
+        for planned in result.planned:
+            note = {"ok": "verified", "missing": f"<- {planned.url}",
+                    "differs": "present but not the published file; kept (remove it to fetch the published one)"}
+            lines.append(f"  [{planned.state:7}] {planned.path} ({planned.licence})  {note[planned.state]}")
+        lines.extend(f"  [manual ] {name}: {why}" for name, why in result.manual.items())
+    for kind, path, detail in result.events:
+        lines.append(f"  installed {path}" if kind == "installed" else f"  {kind.upper()} {path}: {detail}")
+    if result.failures:
+        lines.append(f"{len(result.failures)} file(s) failed; nothing unverified was installed")
+    return lines
 
 
 def run_build_demo(args) -> int:

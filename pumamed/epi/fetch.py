@@ -1,4 +1,4 @@
-"""``python -m pumamed data fetch epi``: download the public epi files into the data directory.
+"""Download the public epi files into the data directory (``python -m pumamed data fetch epi``).
 
 Every file is fetched from the repository and commit named in its folder's ``SOURCE.txt``
 (``raw.githubusercontent.com/<owner>/<repo>/<commit>/<path>``: a pinned commit, so the bytes
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pumamed.epi.io import epi_dir, sha256_file
 from pumamed.errors import DataError, InputError
+from pumamed.fetching import FetchResult, PlannedFile, install_verified
 
 log = logging.getLogger(__name__)
 
@@ -209,17 +210,17 @@ def verify_file(path: Path, sha256: str, size: int | None = None) -> bool:
 
 
 def fetch_epi(data_dir, only=None, dry_run: bool = False, *, mirror: str | None = None,
-              manifest: dict | None = None, progressbar: bool = True) -> int:
+              manifest: dict | None = None, progressbar: bool = True) -> FetchResult:
     """Download the epi files into ``<data_dir>/epi`` (or ``data_dir`` if it is the epi folder).
 
-    Returns 0 when every requested file is present and verified, 1 if any download failed or
-    was rejected. ``dry_run`` lists what would be downloaded and touches nothing.
+    Returns what was planned and done (:class:`pumamed.fetching.FetchResult`; ``.ok`` when every
+    requested file is present and verified). ``dry_run`` plans and touches nothing.
     """
     manifest = manifest or load_manifest()
     entries = manifest_entries(only, manifest)
     root = epi_dir(data_dir)
     mirror = (mirror or os.environ.get(MIRROR_ENV) or "").rstrip("/") or None
-    plan, failures = [], []
+    plan = []
     for entry in entries:
         target = root / entry["path"]
         if target.exists():
@@ -230,18 +231,10 @@ def fetch_epi(data_dir, only=None, dry_run: bool = False, *, mirror: str | None 
         plan.append((entry, target, state, url))
 
     todo = [p for p in plan if p[2] != "ok"]
-    total = sum(p[0].get("size") or 0 for p in todo if p[3])
-    print(f"epi data directory: {root}")
-    print(f"{len(plan)} files: {sum(p[2] == 'ok' for p in plan)} verified, "
-          f"{sum(p[2] == 'missing' for p in plan)} missing, {sum(p[2] == 'corrupted' for p in plan)} corrupted "
-          f"({total / 1e6:.1f} MB to download)")
-    for entry, target, state, url in todo:
-        marker = "not downloadable (derived locally)" if not url else url
-        print(f"  [{state:9}] {entry['path']}  <- {marker}")
-    if dry_run:
-        return 0
-    if not todo:
-        return 0
+    result = FetchResult(root, [PlannedFile(entry["path"], state, url) for entry, _, state, url in plan],
+                         download_bytes=sum(p[0].get("size") or 0 for p in todo if p[3]), dry_run=dry_run)
+    if dry_run or not todo:
+        return result
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -260,22 +253,14 @@ def fetch_epi(data_dir, only=None, dry_run: bool = False, *, mirror: str | None 
             try:
                 downloaded = _download(pooch, entry, url, Path(scratch), wheels, manifest, mirror, progressbar)
             except Exception as exc:  # noqa: BLE001 - report every file, keep going
-                failures.append(entry["path"])
-                print(f"  FAILED {entry['path']}: {_short(exc)}")
+                result.events.append(("failed", entry["path"], _short(exc)))
                 continue
             if not verify_file(downloaded, entry["sha256"], entry.get("size")):
-                failures.append(entry["path"])
-                print(f"  REJECTED {entry['path']}: checksum mismatch, not installed")
+                result.events.append(("rejected", entry["path"], "checksum mismatch, not installed"))
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp_target = target.with_name(f".{target.name}.part")
-            shutil.copyfile(downloaded, tmp_target)
-            tmp_target.replace(target)  # atomic: a reader never sees half a file
-            print(f"  installed {entry['path']}")
-    if failures:
-        print(f"{len(failures)} file(s) failed; nothing unverified was installed")
-        return 1
-    return 0
+            install_verified(downloaded, target)
+            result.events.append(("installed", entry["path"], ""))
+    return result
 
 
 def _download(pooch, entry, url, scratch: Path, wheels: dict, manifest: dict, mirror, progressbar) -> Path:
@@ -300,8 +285,13 @@ def _short(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
+def write_manifest(data_dir, path: Path = MANIFEST_PATH) -> Path:
+    """Maintainer tool: write ``epi_manifest.json`` from the reference copies in ``data_dir``."""
+    path.write_text(json.dumps(build_manifest(data_dir), indent=1) + "\n", encoding="utf-8")
+    return path
+
+
 if __name__ == "__main__":  # pragma: no cover - maintainer tool: python -m pumamed.epi.fetch DATA_DIR
     import sys
 
-    MANIFEST_PATH.write_text(json.dumps(build_manifest(sys.argv[1]), indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {MANIFEST_PATH}")
+    write_manifest(sys.argv[1])

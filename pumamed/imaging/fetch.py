@@ -1,4 +1,4 @@
-"""``python -m pumamed data fetch imaging``: download the imaging datasets that have a stable public URL.
+"""Download the imaging datasets that have a stable public URL (``python -m pumamed data fetch imaging``).
 
 Only the MedMNIST archives qualify: their publisher keeps them at a fixed Zenodo record and lists
 an MD5 for each (the ``medmnist`` package's ``INFO``), which is pinned here. The other registered
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from pumamed.errors import DataError, InputError
+from pumamed.fetching import FetchResult, PlannedFile, install_verified
 
 MIRROR_ENV = "PUMAMED_IMAGING_MIRROR"
 ZENODO_RECORD = "https://zenodo.org/records/10519652/files/{name}?download=1"  # MedMNIST+ (v3) record
@@ -76,9 +76,10 @@ def chosen(only=None, files: tuple[RemoteFile, ...] = DOWNLOADABLE) -> list[Remo
 
 
 def fetch_imaging(data_dir, only=None, dry_run: bool = False, *, mirror: str | None = None,
-                  files: tuple[RemoteFile, ...] = DOWNLOADABLE, progressbar: bool = True) -> int:
-    """Download the MedMNIST archives into ``<data_dir>/imaging``. Returns 0 when every requested
-    file is present afterwards, 1 when a download failed or did not match its pinned hash."""
+                  files: tuple[RemoteFile, ...] = DOWNLOADABLE, progressbar: bool = True) -> FetchResult:
+    """Download the MedMNIST archives into ``<data_dir>/imaging``. Returns what was planned and done
+    (:class:`pumamed.fetching.FetchResult`; ``.ok`` when every requested file is present
+    afterwards, not when a download failed or did not match its pinned hash)."""
     root = Path(data_dir)
     mirror = (mirror or os.environ.get(MIRROR_ENV) or "").rstrip("/") or None
     plan = []
@@ -90,17 +91,12 @@ def fetch_imaging(data_dir, only=None, dry_run: bool = False, *, mirror: str | N
             state = "ok" if matches(target, remote.known_hash) else "differs"
         url = f"{mirror}/{Path(remote.relative_path).name}" if mirror else remote.url
         plan.append((remote, target, state, url))
-    print(f"imaging data directory: {root / 'imaging'}")
-    for remote, target, state, url in plan:
-        note = {"ok": "verified", "missing": f"<- {url}",
-                "differs": "present but not the published file; kept (remove it to fetch the published one)"}[state]
-        print(f"  [{state:7}] {remote.relative_path} ({remote.licence})  {note}")
-    if not only:
-        for name, why in NOT_DOWNLOADABLE.items():
-            print(f"  [manual ] {name}: {why}")
+    result = FetchResult(root / "imaging", [PlannedFile(r.relative_path, state, url, r.licence)
+                                            for r, _, state, url in plan],
+                         dry_run=dry_run, manual={} if only else dict(NOT_DOWNLOADABLE))
     todo = [p for p in plan if p[2] == "missing"]
     if dry_run or not todo:
-        return 0
+        return result
     try:
         (root / "imaging").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -108,22 +104,15 @@ def fetch_imaging(data_dir, only=None, dry_run: bool = False, *, mirror: str | N
 
     import pooch
 
-    failures = []
     with tempfile.TemporaryDirectory(prefix="pumamed-fetch-") as scratch:
         for remote, target, _, url in todo:
             try:
                 downloaded = Path(pooch.retrieve(url, known_hash=remote.known_hash, fname=target.name,
                                                  path=scratch, progressbar=progressbar))
             except Exception as exc:  # noqa: BLE001 - pooch raises ValueError on a hash mismatch; report, go on
-                failures.append(remote.relative_path)
                 first = (str(exc).strip().splitlines() or [""])[0]
-                print(f"  FAILED {remote.relative_path}: {type(exc).__name__}: {first[:240]}")
+                result.events.append(("failed", remote.relative_path, f"{type(exc).__name__}: {first[:240]}"))
                 continue
-            partial = target.with_name(f".{target.name}.part")
-            shutil.copyfile(downloaded, partial)
-            partial.replace(target)  # atomic: a reader never sees half a file
-            print(f"  installed {remote.relative_path}")
-    if failures:
-        print(f"{len(failures)} file(s) failed; nothing unverified was installed")
-        return 1
-    return 0
+            install_verified(downloaded, target)
+            result.events.append(("installed", remote.relative_path, ""))
+    return result
