@@ -293,7 +293,7 @@ def test_national_choropleth_and_state_zoom(imm_2020, epi_root):
 def test_map_benchmark_is_registered_and_parses():
     import argparse
 
-    from pumamed.bench import map as bench_map
+    from pumamed.commands.bench import map as bench_map
 
     parser = argparse.ArgumentParser()
     bench_map.add_arguments(parser)
