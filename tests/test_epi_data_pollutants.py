@@ -137,3 +137,17 @@ def test_municipal_exposure(epi_root):
     assert stations.loc["RAMA:UIZ", "lat"] == pytest.approx(19.36, abs=0.05)
     with pytest.raises(DataError):
         P.municipal_exposure(epi_root, method="kriging")
+
+
+def test_station_series_keep_complete_days_and_date_months_mid_month(epi_root):
+    from pumamed.epi.pollutants import MIN_DAY_HOURS, exposure_by_pollutant, rama_station_daily, station_series
+
+    daily = station_series(epi_root, "o3", network="rama", resolution="daily")
+    assert list(daily.columns) == ["station_key", "time", "value"] and len(daily) > 0
+    every_day = rama_station_daily(epi_root, pollutants=["o3"])
+    assert len(daily) == int((every_day["hours"] >= MIN_DAY_HOURS).sum()) < len(every_day)
+    monthly = station_series(epi_root, "pm25", network="sinaica")
+    assert (monthly["time"].dt.day == 15).all() and monthly["value"].notna().all()
+    wide = exposure_by_pollutant(pd.DataFrame({"CVEGEO": ["01001", "01001"], "year": [2020, 2020],
+                                               "pollutant": ["pm25", "o3"], "value": [10.0, 30.0]}))
+    assert wide.loc[0, "pm25"] == 10.0 and wide.loc[0, "o3"] == 30.0

@@ -36,27 +36,11 @@ def _annual(root: str) -> pd.DataFrame:
     return station_annual_means(root)
 
 
-@st.cache_data(show_spinner="Reading RAMA hourly data…", max_entries=9)
-def _rama(root: str, key: str, resolution: str) -> pd.DataFrame:
-    from pumamed.epi.pollutants import MIN_DAY_HOURS, load_rama_hourly, rama_station_daily
+@st.cache_data(show_spinner="Reading the station series…", max_entries=9)
+def _series(root: str, key: str, network: str, resolution: str) -> pd.DataFrame:
+    from pumamed.epi.pollutants import station_series
 
-    if resolution == "hourly":
-        hourly = load_rama_hourly(root, pollutants=[key])
-        hourly = hourly.assign(station_key=hourly["station_key"].astype(str))
-        time = pd.to_datetime(hourly["date"]) + pd.to_timedelta(hourly["hour"].astype(int) - 1, unit="h")
-        return pd.DataFrame({"station_key": hourly["station_key"], "time": time, "value": hourly["value"]})
-    daily = rama_station_daily(root, pollutants=[key])  # hourly files or their daily means (demo pack)
-    daily = daily[daily["hours"] >= MIN_DAY_HOURS]  # the same completeness rule as the annual means
-    return daily.rename(columns={"date": "time", "mean": "value"})[["station_key", "time", "value"]]
-
-
-@st.cache_data(show_spinner="Reading SINAICA monthly data…")
-def _sinaica(root: str) -> pd.DataFrame:
-    from pumamed.epi.pollutants import load_sinaica_monthly
-
-    monthly = load_sinaica_monthly(root)
-    monthly["time"] = pd.to_datetime(dict(year=monthly["year"], month=monthly["month"], day=15))
-    return monthly
+    return station_series(root, key, network=network, resolution=resolution)
 
 
 @st.cache_data(show_spinner="Computing municipal exposure…")
@@ -68,8 +52,9 @@ def _exposure(root: str) -> pd.DataFrame:
 
 @st.cache_data(show_spinner=False)
 def _exposure_wide(root: str) -> pd.DataFrame:
-    exposure = _exposure(root)
-    return exposure.pivot_table(index=["CVEGEO", "year"], columns="pollutant", values="value").reset_index()
+    from pumamed.epi.pollutants import exposure_by_pollutant
+
+    return exposure_by_pollutant(_exposure(root))
 
 
 @st.cache_resource(show_spinner="Drawing the exposure map…", max_entries=16)
@@ -179,11 +164,9 @@ with guarded("Loading the air-quality data"):
             # The demo pack carries daily means only: offer hourly values where the hourly files are.
             resolutions = ["daily mean", "hourly"] if has_rama_hourly(str(root)) else ["daily mean"]
             resolution = c1.radio("Resolution", resolutions, horizontal=True, key="pol_resolution")
-            series = _rama(str(root), key, "hourly" if resolution == "hourly" else "daily")
+            series = _series(str(root), key, "rama", "hourly" if resolution == "hourly" else "daily")
         else:
-            monthly = _sinaica(str(root))
-            rows = (monthly["pollutant"] == key) & monthly["value"].notna()
-            series = monthly.loc[rows, ["station_key", "time", "value"]]
+            series = _series(str(root), key, "sinaica", "monthly")
         ranked = series.groupby("station_key")["value"].count().sort_values(ascending=False)
         choices = ranked.index.tolist()
         chosen = c2.multiselect("Stations", choices, default=choices[:3], format_func=lambda s: names.get(s, s),

@@ -562,6 +562,40 @@ def exposure_wide(data_dir=None, **kwargs) -> pd.DataFrame:
     return out.sort_values(["CVEGEO", "year"]).reset_index(drop=True)
 
 
+def exposure_by_pollutant(exposure: pd.DataFrame) -> pd.DataFrame:
+    """A long exposure table (:func:`municipal_exposure`) with one value column per pollutant, one
+    row per (CVEGEO, year): the layout correlations and variance inflation read."""
+    return exposure.pivot_table(index=["CVEGEO", "year"], columns="pollutant", values="value").reset_index()
+
+
+def station_series(data_dir=None, pollutant: str = "pm25", network: str = "rama",
+                   resolution: str = "daily") -> pd.DataFrame:
+    """One pollutant's time series per station, ``station_key, time, value``.
+
+    ``network="rama"``: Mexico City's stations, ``resolution="hourly"`` (the hour ending at
+    ``hour``) or ``"daily"`` (means of the days with at least :data:`MIN_DAY_HOURS` valid hours,
+    the completeness rule of the annual means; read from the hourly files or their daily means).
+    ``network="sinaica"``: the national monthly means (dated on the 15th), harmonised values only.
+    """
+    key = _check_pollutants([pollutant])[0]
+    if network == "sinaica":
+        monthly = load_sinaica_monthly(data_dir)
+        monthly = monthly[(monthly["pollutant"] == key) & monthly["value"].notna()]
+        time = pd.to_datetime(dict(year=monthly["year"], month=monthly["month"], day=15))
+        return pd.DataFrame({"station_key": monthly["station_key"], "time": time, "value": monthly["value"]})
+    if network != "rama":
+        raise DataError(f"network must be 'rama' or 'sinaica', not {network!r}")
+    if resolution == "hourly":
+        hourly = load_rama_hourly(data_dir, pollutants=[key])
+        time = pd.to_datetime(hourly["date"]) + pd.to_timedelta(hourly["hour"].astype(int) - 1, unit="h")
+        return pd.DataFrame({"station_key": hourly["station_key"].astype(str), "time": time, "value": hourly["value"]})
+    if resolution != "daily":
+        raise DataError(f"resolution must be 'hourly' or 'daily', not {resolution!r}")
+    daily = rama_station_daily(data_dir, pollutants=[key])
+    daily = daily[daily["hours"] >= MIN_DAY_HOURS]
+    return daily.rename(columns={"date": "time", "mean": "value"})[["station_key", "time", "value"]]
+
+
 # ------------------------------------------------------------------------------- panel source
 
 def _panel_variables():
