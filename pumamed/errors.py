@@ -14,6 +14,11 @@ class DataError(PumaMedError):
     """A dataset or table is missing, malformed or inconsistent."""
 
 
+class MissingDataError(DataError):
+    """A file the data directory should hold is not there (as opposed to one that is there but
+    broken): pages say where to put it; other data errors show their own message."""
+
+
 class InputError(PumaMedError):
     """An uploaded file or a user-supplied value cannot be used."""
 

@@ -111,3 +111,24 @@ def test_severity_outcomes_fit_and_say_what_an_empty_selection_means(epi_root):
     assert len(set(looks)) == len(looks), "two covariates share a colour in the coefficient path"
     dependence = next(f for f in figures if "SHAP dependence" in json.dumps(f["layout"].get("title", "")))
     assert "ses_" not in json.dumps(dependence["layout"]["xaxis"].get("title", ""))
+
+
+def test_a_missing_panel_says_where_it_goes_and_a_broken_one_says_what_is_wrong(tmp_path, monkeypatch):
+    (tmp_path / "epi").mkdir()
+    monkeypatch.setenv("PUMAMED_DATA_DIR", str(tmp_path))
+    at = _open()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("was not found" in i.value for i in at.info), [i.value for i in at.info]
+
+    import pumamed.epi.panel as panel
+    from pumamed.errors import DataError
+
+    def broken(data_dir=None):
+        raise DataError("IMM_2020.csv: the file is corrupt (not a CSV table)")
+
+    monkeypatch.setattr(panel, "load_panel", broken)
+    monkeypatch.setenv("PUMAMED_DATA_DIR", str(tmp_path / "epi"))  # another cache key for the catalogue
+    at = _open()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not any("was not found" in i.value for i in at.info)
+    assert any("the file is corrupt (not a CSV table)" in e.value for e in at.error), [e.value for e in at.error]

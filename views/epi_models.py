@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from views._frame import controls, guarded, is_presentation, missing_data_message, show_error, style_figure
-from pumamed.errors import PumaMedError
+from pumamed.errors import MissingDataError, PumaMedError
 
 OUTCOME_KINDS = ("Count (rate per population)", "Severity (proportion)", "Simulated (planted effects)",
                  "Upload a table")
@@ -196,29 +196,9 @@ def _deviance_figure(table):
 
 
 def _category_map(table: pd.DataFrame, column: str, colours: dict, title: str):
-    """Categorical choropleth (one trace per category, so the legend names them)."""
-    from pumamed.epi.mapping import municipal_features, state_outline
+    from pumamed.epi.mapping import category_choropleth
 
-    geojson = {"type": "FeatureCollection", "features": list(municipal_features())}
-    # The state outlines (as on the residual map) as the first trace: plotly.js looks at the first
-    # trace of a geo subplot to decide whether to download its world topojson from the CDN (which
-    # fails offline), and a lon/lat trace needs none.
-    lons, lats = state_outline()
-    fig = go.Figure(go.Scattergeo(lon=lons, lat=lats, mode="lines", hoverinfo="skip", showlegend=False,
-                                  line=dict(width=0.8, color="rgba(60,60,60,0.8)")))
-    for category, colour in colours.items():
-        part = table[table[column] == category]
-        if part.empty:
-            continue
-        fig.add_trace(go.Choropleth(
-            geojson=geojson, locations=part["CVEGEO"], z=np.ones(len(part)), featureidkey="id",
-            colorscale=[[0, colour], [1, colour]], showscale=False, name=f"{category} ({len(part)})",
-            showlegend=True, marker_line_width=0.2, marker_line_color="white",
-            hovertemplate=f"%{{location}}<br>{category}<extra></extra>"))
-    fig.update_geos(visible=False, projection_type="mercator", lonaxis_range=[-118.6, -86.5],
-                    lataxis_range=[14.3, 32.9], bgcolor="rgba(0,0,0,0)")
-    fig.update_layout(title=title, legend=dict(orientation="h", y=-0.05))
-    return style_figure(fig, base_height=560)
+    return style_figure(category_choropleth(table, column, colours, title=title), base_height=560)
 
 
 def _value_map(table: pd.DataFrame, column: str, label: str, palette: str = "RdBu"):
@@ -242,10 +222,13 @@ try:
 
     data_root = str(_data_dir())
     counts, covariate_table, coverage, pairs = _catalogue(data_root)
-except PumaMedError as exc:
+except MissingDataError as exc:
     missing_data_message("The municipal panel (CONAPO 2020 and the mxmaps geometry at least)",
                          "epi/conapo_imm_2020/IMM_2020.csv")
     st.caption(str(exc))
+    st.stop()
+except PumaMedError as exc:  # present but unreadable: its own message, not "was not found"
+    show_error(exc, "The municipal panel")
     st.stop()
 
 from pumamed.epi.modeling import DEFAULT_COVARIATES  # noqa: E402  (after the data check)

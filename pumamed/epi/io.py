@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pumamed.errors import DataError
+from pumamed.errors import DataError, MissingDataError
 
 CACHE_DIR_ENV = "PUMAMED_CACHE_DIR"
 
@@ -42,10 +42,10 @@ def epi_dir(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def require_file(path: Path, what: str) -> Path:
-    """Return ``path`` or raise a :class:`DataError` naming the dataset and the expected place."""
+    """Return ``path`` or raise a :class:`MissingDataError` naming the dataset and the expected place."""
     path = Path(path)
     if not path.exists():
-        raise DataError(
+        raise MissingDataError(
             f"{what} not found at {path}. Point PUMAMED_DATA_DIR (or `data_dir`) at the data folder "
             f"holding epi/, or run `python -m pumamed data fetch epi`."
         )

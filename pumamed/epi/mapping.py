@@ -1,4 +1,5 @@
-"""Municipal choropleths: classification schemes, colour-blind-safe palettes, cached geometry.
+"""Municipal choropleths and station maps over cached geometry (the classification schemes and
+palettes they colour by are in :mod:`pumamed.epi.classify`).
 
 The web layer is the topology-preserving simplified municipal geometry of
 :func:`pumamed.epi.geometry.load_municipalities`, converted once per process into a GeoJSON dict
@@ -25,241 +26,26 @@ import pandas as pd
 
 from pumamed.errors import DataError, InputError
 
-SCHEMES: dict[str, str] = {
-    "quantiles": "Quantiles (equal counts)",
-    "natural_breaks": "Natural breaks (Fisher-Jenks)",
-    "equal_interval": "Equal intervals",
-    "unclassed": "Unclassed (continuous)",
-    "diverging": "Diverging at zero (quantiles on each side)",
-}
-# Perceptually uniform and colour-blind safe (viridis family) or ColorBrewer schemes marked
-# colour-blind safe; the diverging ones suit signed data such as factor scores.
-SEQUENTIAL_PALETTES = ("viridis", "cividis", "plasma", "magma", "inferno", "YlGnBu", "YlOrRd", "Blues")
-DIVERGING_PALETTES = ("RdBu", "PuOr", "BrBG")
-PALETTES = SEQUENTIAL_PALETTES + DIVERGING_PALETTES
+from pumamed.epi.classify import (  # noqa: F401 - the map's classification API, re-exported
+    DIVERGING_PALETTES,
+    PALETTES,
+    SCHEMES,
+    SEQUENTIAL_PALETTES,
+    Classification,
+    classify,
+    diverging_colours,
+    fisher_jenks_breaks,
+    format_number,
+    format_quantity,
+    palette_colours,
+    source_years_note,
+    stepped_colorscale,
+)
+
 NO_DATA_COLOUR = "#d4d4d4"
 BORDER_COLOUR = "rgba(255,255,255,0.6)"
 RENDERERS = ("geo", "maplibre")
 DEFAULT_DECIMALS = 3  # ~110 m at the equator: below the simplification tolerance, so invisible
-
-
-# ---------------------------------------------------------------- classification
-@dataclass(frozen=True)
-class Classification:
-    """Classes of a variable: ``classes[i]`` is the class of value ``i`` (-1 = missing)."""
-
-    scheme: str
-    k: int
-    edges: np.ndarray  # k + 1 class boundaries, from the minimum to the maximum
-    classes: np.ndarray
-    labels: tuple[str, ...]
-    counts: tuple[int, ...]
-
-    def label_of(self, index: int) -> str:
-        return self.labels[index] if index >= 0 else "no data"
-
-
-def format_quantity(value: float, unit: str = "") -> str:
-    """A number with its unit, in the singular for exactly one counted thing: "1 patient",
-    "2 patients", "20.8 µg/m³" (units that are not plural nouns are left as they are)."""
-    text = format_number(value, unit)
-    if unit and np.isfinite(value) and float(value) == 1.0:
-        words = unit.split()
-        last = words[-1]
-        if last.isalpha() and last.endswith("s") and not last.endswith("ss") and len(last) > 3:
-            singular = last[:-3] + "y" if last.endswith("ies") else last[:-1]
-            text = format_number(value, " ".join(words[:-1] + [singular]))
-    return text
-
-
-def source_years_note(source_years, shown_year: int) -> str:
-    """The year a map shows, with the source's span when that differs ("2020; the source covers
-    2000-2024"), so the line under a map titled 2020 does not read as another year."""
-    span = str(source_years or "").strip()
-    if not span or span == str(shown_year):
-        return f"year shown {shown_year}"
-    return f"year shown {shown_year}; the source covers {span}"
-
-
-def format_number(value: float, unit: str = "") -> str:
-    """Compact human number: 3 significant digits, thousands separators for large values."""
-    if value is None or not np.isfinite(value):
-        return "no data"
-    magnitude = abs(value)
-    if magnitude >= 1000:
-        text = f"{value:,.0f}"
-    elif magnitude >= 100:
-        text = f"{value:.0f}"
-    elif magnitude >= 1 or magnitude == 0:
-        text = f"{value:.3g}" if magnitude < 10 else f"{value:.1f}"
-    else:
-        text = f"{value:.3g}"
-    return f"{text} {unit}".strip() if unit and unit not in ("-", "index") else text
-
-
-def fisher_jenks_breaks(values, k: int, max_points: int = 4000) -> np.ndarray:
-    """Upper bounds of the ``k`` Fisher-Jenks classes (exact optimum of within-class squares).
-
-    Dynamic programming over the sorted distinct values, weighted by their counts, vectorised
-    with NumPy. It gives mapclassify's ``FisherJenks`` answer without importing mapclassify,
-    whose numba compilation at import costs 5-20 s on the first page view. Above
-    ``max_points`` distinct values, evenly spaced quantiles stand in for the data (as
-    ``FisherJenksSampled`` does).
-    """
-    observed = np.asarray(values, dtype=float)
-    observed = observed[np.isfinite(observed)]
-    points, weights = np.unique(observed, return_counts=True)
-    if len(points) > max_points:
-        points = np.unique(np.quantile(observed, np.linspace(0, 1, max_points)))
-        weights = np.ones(len(points))
-    n = len(points)
-    k = int(min(k, n))
-    if k <= 1:
-        return np.array([points[-1]])
-    weights = weights.astype(float)
-    cum_w = np.concatenate([[0.0], np.cumsum(weights)])
-    cum_x = np.concatenate([[0.0], np.cumsum(weights * points)])
-    cum_x2 = np.concatenate([[0.0], np.cumsum(weights * points**2)])
-
-    def within(starts, ends):  # within-class sum of squares of points[a:e], a x e grid
-        w = cum_w[ends][None, :] - cum_w[starts][:, None]
-        sx = cum_x[ends][None, :] - cum_x[starts][:, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return (cum_x2[ends][None, :] - cum_x2[starts][:, None]) - sx * sx / w
-
-    def column_minima(previous, starts, ends):
-        total = previous[starts][:, None] + within(starts, ends)
-        total[~(starts[:, None] < ends[None, :])] = np.inf
-        arg = np.argmin(total, axis=0)
-        return total[arg, np.arange(len(ends))], starts[arg]
-
-    # best[e]: least within-class sum of squares of points[:e] in j + 1 classes (best[0] unused).
-    all_ends = np.arange(n + 1)
-    best = np.concatenate([[np.inf], within(np.array([0]), all_ends[1:])[0]])
-    back = np.zeros((k, n + 1), dtype=int)
-    block_size = 128
-    for j in range(1, k):
-        # previous[a]: best split of points[:a] into j classes, so the last class starts at a.
-        previous = best.copy()
-        previous[:j] = np.inf
-        new_best = np.full(n + 1, np.inf)
-        # The squared-error cost is a Monge matrix, so the optimal start of the last class never
-        # moves left as the end moves right: solve the blocks' edge columns over every start,
-        # then each block only over the starts between its edges' optima (~5x less work).
-        firsts = all_ends[1::block_size]
-        lasts = np.minimum(firsts + block_size - 1, n)
-        edges = np.unique(np.concatenate([firsts, lasts]))
-        edge_best, edge_arg = column_minima(previous, np.arange(n), edges)
-        new_best[edges], back[j, edges] = edge_best, edge_arg
-        edge_opt = dict(zip(edges.tolist(), edge_arg.tolist()))
-        for first, last in zip(firsts.tolist(), lasts.tolist()):
-            inner = np.arange(first + 1, last)
-            if len(inner) == 0:
-                continue
-            starts = np.arange(edge_opt[first], edge_opt[last] + 1)
-            new_best[inner], back[j, inner] = column_minima(previous, starts, inner)
-        best = new_best
-    n_end = n
-    # Walk back from the full range to the class starts.
-    uppers, end = [], n_end
-    for j in range(k - 1, 0, -1):
-        start = back[j, end]
-        uppers.append(points[end - 1])
-        end = start
-    uppers.append(points[end - 1])
-    return np.array(sorted(uppers))
-
-
-def classify(values, scheme: str = "quantiles", k: int = 5) -> Classification:
-    """Put values into ``k`` classes: quantiles, natural breaks (Fisher-Jenks), equal intervals.
-
-    ``k`` is reduced when there are fewer distinct values (or, for quantiles, distinct
-    quantiles) than classes, so no class is empty by construction. ``"unclassed"`` gives one
-    class spanning the range (the colour then shows the value itself).
-    """
-    if scheme not in SCHEMES:
-        raise InputError(f"unknown classification scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
-    if not 2 <= int(k) <= 12:
-        raise InputError(f"the number of classes must be between 2 and 12; got {k}")
-    array = np.asarray(values, dtype=float)
-    finite = np.isfinite(array)
-    if not finite.any():
-        raise DataError("no values to map: every municipality is missing this variable")
-    observed = array[finite]
-    low, high = float(observed.min()), float(observed.max())
-    classes = np.full(array.shape, -1, dtype=int)
-    n_distinct = len(np.unique(observed))
-    if scheme == "unclassed" or n_distinct == 1:
-        classes[finite] = 0
-        edges = np.array([low, high])
-        return Classification("unclassed" if scheme == "unclassed" else scheme, 1, edges, classes,
-                              (f"{format_number(low)} – {format_number(high)}",), (int(finite.sum()),))
-
-    k = min(int(k), n_distinct)
-    if scheme == "quantiles":
-        # Ties can merge quantiles: use the distinct ones (np.unique also sorts them).
-        upper = np.quantile(observed, np.linspace(0, 1, k + 1)[1:])
-    elif scheme == "diverging":
-        # Zero is always a class boundary, so a class never mixes signs (signed effects such as
-        # SHAP values: the colour's hue then says the sign); quantiles on each side.
-        side = max(1, k // 2)
-        negative, positive = observed[observed < 0], observed[observed > 0]
-        upper = []
-        if negative.size:
-            upper += list(np.quantile(negative, np.linspace(0, 1, side + 1)[1:-1])) + [0.0]
-        if positive.size:
-            upper += list(np.quantile(positive, np.linspace(0, 1, side + 1)[1:]))
-        upper = np.asarray(upper if upper else [high], dtype=float)
-    elif scheme == "natural_breaks":
-        upper = fisher_jenks_breaks(observed, k)
-    else:
-        upper = low + (high - low) * np.arange(1, k + 1) / k
-    upper = np.unique(upper)
-    upper[-1] = high
-    edges = np.concatenate([[low], upper])
-    # Class i holds (edges[i], edges[i+1]]; the first class also holds the minimum.
-    index = np.searchsorted(upper, observed, side="left")
-    classes[finite] = np.minimum(index, len(upper) - 1)
-    labels = []
-    for i in range(len(upper)):
-        opener = "[" if i == 0 else "("
-        labels.append(f"{opener}{format_number(edges[i])} – {format_number(edges[i + 1])}]")
-    counts = tuple(int((classes == i).sum()) for i in range(len(upper)))
-    return Classification(scheme, len(upper), edges, classes, tuple(labels), counts)
-
-
-# ---------------------------------------------------------------- colours
-def palette_colours(palette: str, n: int, reverse: bool = False) -> list[str]:
-    """``n`` colours sampled evenly from a plotly named colour scale."""
-    import plotly.colors as pc
-
-    if palette not in PALETTES:
-        raise InputError(f"unknown palette {palette!r}; choose from {', '.join(PALETTES)}")
-    points = [0.5] if n == 1 else list(np.linspace(0, 1, n))
-    colours = pc.sample_colorscale(pc.get_colorscale(palette), points)
-    return colours[::-1] if reverse else colours
-
-
-def diverging_colours(edges, palette: str, reverse: bool = False) -> list[str]:
-    """One colour per class of a ``diverging`` classification: classes below zero from the
-    palette's first half, classes above zero from its second half, so the hue gives the sign
-    and the same depth of colour means the same rank on either side."""
-    uppers = np.asarray(edges, dtype=float)[1:]
-    n_negative = int((uppers <= 0).sum())
-    n_positive = len(uppers) - n_negative
-    half = max(n_negative, n_positive, 1)
-    full = palette_colours(palette, 2 * half, reverse)
-    return full[half - n_negative:half] + full[half:half + n_positive]
-
-
-def stepped_colorscale(colours: list[str]) -> list[list]:
-    """A colour scale with flat steps, so class index ``i`` (on ``[-0.5, k-0.5]``) gets colour ``i``."""
-    k = len(colours)
-    scale = []
-    for i, colour in enumerate(colours):
-        scale.append([i / k, colour])
-        scale.append([(i + 1) / k, colour])
-    return scale
 
 
 # ---------------------------------------------------------------- geometry, cached once
@@ -406,41 +192,12 @@ def municipal_choropleth(
 
     if renderer not in RENDERERS:
         raise InputError(f"renderer must be one of {', '.join(RENDERERS)}; got {renderer!r}")
-    if "CVEGEO" not in data.columns:
-        raise DataError("the table to map needs a CVEGEO column (5-character municipality code)")
-    if column not in data.columns:
-        raise DataError(f"column {column!r} is not in the table to map")
-    if data["CVEGEO"].duplicated().any():
-        raise DataError("the table to map has several rows per municipality; pick one year first")
+    _check_map_table(data, column)
     label = label or column
     root = _root(data_dir)
     features, names = _geojson_cached(root, int(decimals))
-
-    values = pd.to_numeric(data[column], errors="coerce")
-    table = names[["CVEGEO", "CVE_ENT", "NOMGEO", "NOM_ENT"]].merge(
-        pd.DataFrame({"CVEGEO": data["CVEGEO"].astype(str).to_numpy(), "value": values.to_numpy()}),
-        on="CVEGEO", how="left",
-    )
-    shown = np.ones(len(table), dtype=bool)
-    if states:
-        wanted = {str(s).zfill(2) for s in states}
-        unknown = wanted - set(table["CVE_ENT"])
-        if unknown:
-            raise InputError(f"unknown state codes: {', '.join(sorted(unknown))}")
-        shown = table["CVE_ENT"].isin(wanted).to_numpy()
-
-    basis = table["value"].to_numpy(dtype=float)
-    if classify_within_selection:
-        basis = np.where(shown, basis, np.nan)
-    classification_all = classify(basis, scheme, k)
-    classes = classification_all.classes
-    table = table.assign(**{"class": [classification_all.label_of(c) for c in classes]})
-    table = table[shown].reset_index(drop=True)
-    classes = classes[shown]
-    # Counts over what is shown (national classes may leave some classes empty in one state).
-    counts = tuple(int((classes == i).sum()) for i in range(classification_all.k))
-    classification = Classification(classification_all.scheme, classification_all.k, classification_all.edges,
-                                    classes, classification_all.labels, counts)
+    table, shown = _values_table(data, column, names, states)
+    table, classification = _classes_shown(table, shown, scheme, k, classify_within_selection)
 
     shown_features = list(features) if shown.all() else [f for f, keep in zip(features, shown) if keep]
     has_value = np.isfinite(table["value"].to_numpy(dtype=float))
@@ -449,31 +206,8 @@ def municipal_choropleth(
     hover = ("<b>%{customdata[0]}</b>, %{customdata[1]}<br>" + f"{label}: " + "%{customdata[2]}"
              + ("<br>class %{customdata[3]}" if classification.scheme != "unclassed" else "")
              + "<br>CVEGEO %{customdata[4]}<extra></extra>")
-
-    unclassed = classification.scheme == "unclassed" or classification.k == 1
-    if unclassed:
-        import plotly.colors as pc
-
-        palette_colours(palette, 2)  # validates the name
-        colorscale = pc.get_colorscale(palette)
-        if reverse:
-            colorscale = [[1 - p, c] for p, c in reversed(colorscale)]
-        z = table["value"].to_numpy(dtype=float)[has_value]
-        lo, hi = classification.edges[0], classification.edges[-1]
-        scale_args = dict(z=z, zmin=lo, zmax=hi if hi > lo else lo + 1, colorscale=colorscale,
-                          colorbar=dict(title=dict(text=_colorbar_title(label, unit)), thickness=14, len=0.75))
-    else:
-        if classification.scheme == "diverging":
-            colours = diverging_colours(classification.edges, palette, reverse)
-        else:
-            colours = palette_colours(palette, classification.k, reverse)
-        z = classes[has_value].astype(float)
-        tick_text = [f"{lab}  (n={n})" for lab, n in zip(classification.labels, counts)]
-        scale_args = dict(
-            z=z, zmin=-0.5, zmax=classification.k - 0.5, colorscale=stepped_colorscale(colours),
-            colorbar=dict(title=dict(text=_colorbar_title(label, unit)), tickvals=list(range(classification.k)),
-                          ticktext=tick_text, thickness=14, len=0.75),
-        )
+    scale_args = _colour_scale(classification, table["value"].to_numpy(dtype=float), has_value, palette, reverse,
+                               _colorbar_title(label, unit))
 
     codes_with = table["CVEGEO"].to_numpy()[has_value]
     codes_without = table["CVEGEO"].to_numpy()[~has_value]
@@ -481,15 +215,7 @@ def municipal_choropleth(
     marker = dict(line=dict(width=0.15 if shown.all() else 0.4, color=BORDER_COLOUR))
     traces = []
     if renderer == "geo":
-        lons, lats = _state_lines_cached(root, int(decimals))
-        if not state_borders:
-            lons, lats = lons[:1], lats[:1]
-        # The outline goes FIRST: plotly.js decides whether to download its world topojson from
-        # the CDN by looking at the first trace of the geo subplot only, and a lon/lat trace needs
-        # none. With the choropleth first, offline browsers log an error and never draw the map.
-        traces.append(go.Scattergeo(lon=lons, lat=lats, mode="lines", hoverinfo="skip", showlegend=False,
-                                    opacity=1.0 if state_borders else 0.0,
-                                    line=dict(width=0.8 if shown.all() else 1.4, color="rgba(60,60,60,0.8)")))
+        traces.append(_outline_trace(root, int(decimals), visible=state_borders, zoomed=not shown.all()))
 
     def collection(mask):  # each trace carries only its own polygons
         return {"type": "FeatureCollection", "features": [f for f, keep in zip(shown_features, mask) if keep]}
@@ -503,8 +229,134 @@ def municipal_choropleth(
     traces.append(trace_cls(geojson=collection(has_value), locations=codes_with, customdata=customdata[has_value],
                             hovertemplate=hover, marker=marker, name=label, **scale_args))
     figure = go.Figure(traces)
+    _frame_view(figure, names.loc[shown, ["minx", "miny", "maxx", "maxy"]], renderer)
+    figure.update_layout(
+        title=dict(text=title or label),
+        margin=dict(l=0, r=0, t=40, b=0),
+        paper_bgcolor="rgba(0,0,0,0)",
+        dragmode="pan" if renderer == "geo" else None,
+    )
+    out_table = table.rename(columns={"NOMGEO": "municipality", "NOM_ENT": "state", "value": column})
+    return MapResult(figure, out_table[["CVEGEO", "CVE_ENT", "municipality", "state", column, "class"]],
+                     classification)
 
-    bounds = names.loc[shown, ["minx", "miny", "maxx", "maxy"]]
+
+def category_choropleth(data: pd.DataFrame, column: str, colours: dict, *, title: str = "", data_dir=None,
+                        decimals: int = DEFAULT_DECIMALS):
+    """Map of a categorical ``data[column]`` (e.g. LISA clusters): one trace per category in
+    ``colours`` (category -> colour), so the legend names each with its count, over the state
+    outlines, framed on the country."""
+    import plotly.graph_objects as go
+
+    if "CVEGEO" not in data.columns or column not in data.columns:
+        raise DataError(f"the table to map needs CVEGEO and {column!r} columns")
+    root = _root(data_dir)
+    features, _ = _geojson_cached(root, int(decimals))
+    geojson = {"type": "FeatureCollection", "features": list(features)}
+    figure = go.Figure(_outline_trace(root, int(decimals)))
+    for category, colour in colours.items():
+        part = data[data[column] == category]
+        if part.empty:
+            continue
+        figure.add_trace(go.Choropleth(
+            geojson=geojson, locations=part["CVEGEO"], z=np.ones(len(part)), featureidkey="id",
+            colorscale=[[0, colour], [1, colour]], showscale=False, name=f"{category} ({len(part)})",
+            showlegend=True, marker_line_width=0.2, marker_line_color="white",
+            hovertemplate=f"%{{location}}<br>{category}<extra></extra>"))
+    figure.update_geos(visible=False, projection_type="mercator", lonaxis_range=list(MEXICO_LON),
+                       lataxis_range=list(MEXICO_LAT), bgcolor="rgba(0,0,0,0)")
+    figure.update_layout(title=title, legend=dict(orientation="h", y=-0.05))
+    return figure
+
+
+# ---------------------------------------------------------------- the choropleth's stages
+def _check_map_table(data: pd.DataFrame, column: str) -> None:
+    if "CVEGEO" not in data.columns:
+        raise DataError("the table to map needs a CVEGEO column (5-character municipality code)")
+    if column not in data.columns:
+        raise DataError(f"column {column!r} is not in the table to map")
+    if data["CVEGEO"].duplicated().any():
+        raise DataError("the table to map has several rows per municipality; pick one year first")
+
+
+def _values_table(data: pd.DataFrame, column: str, names: pd.DataFrame, states) -> tuple[pd.DataFrame, np.ndarray]:
+    """Every municipality with its name and ``value`` (NaN where ``data`` has none), and the mask
+    of those shown (the chosen states, or all)."""
+    values = pd.to_numeric(data[column], errors="coerce")
+    table = names[["CVEGEO", "CVE_ENT", "NOMGEO", "NOM_ENT"]].merge(
+        pd.DataFrame({"CVEGEO": data["CVEGEO"].astype(str).to_numpy(), "value": values.to_numpy()}),
+        on="CVEGEO", how="left",
+    )
+    shown = np.ones(len(table), dtype=bool)
+    if states:
+        wanted = {str(s).zfill(2) for s in states}
+        unknown = wanted - set(table["CVE_ENT"])
+        if unknown:
+            raise InputError(f"unknown state codes: {', '.join(sorted(unknown))}")
+        shown = table["CVE_ENT"].isin(wanted).to_numpy()
+    return table, shown
+
+
+def _classes_shown(table: pd.DataFrame, shown: np.ndarray, scheme: str, k: int,
+                   within_selection: bool) -> tuple[pd.DataFrame, Classification]:
+    """The shown rows with their class label, and the classification with counts over them."""
+    basis = table["value"].to_numpy(dtype=float)
+    if within_selection:
+        basis = np.where(shown, basis, np.nan)
+    everywhere = classify(basis, scheme, k)
+    table = table.assign(**{"class": [everywhere.label_of(c) for c in everywhere.classes]})
+    table = table[shown].reset_index(drop=True)
+    classes = everywhere.classes[shown]
+    # Counts over what is shown (national classes may leave some classes empty in one state).
+    counts = tuple(int((classes == i).sum()) for i in range(everywhere.k))
+    return table, Classification(everywhere.scheme, everywhere.k, everywhere.edges, classes, everywhere.labels,
+                                 counts)
+
+
+def _colour_scale(classification: Classification, values: np.ndarray, has_value: np.ndarray, palette: str,
+                  reverse: bool, colorbar_title: str) -> dict:
+    """The trace arguments that colour the municipalities shown that have a value (``has_value``):
+    the value itself on a continuous scale (unclassed), else the class index on a stepped scale
+    with one tick per class."""
+    if classification.scheme == "unclassed" or classification.k == 1:
+        import plotly.colors as pc
+
+        palette_colours(palette, 2)  # validates the name
+        colorscale = pc.get_colorscale(palette)
+        if reverse:
+            colorscale = [[1 - p, c] for p, c in reversed(colorscale)]
+        lo, hi = classification.edges[0], classification.edges[-1]
+        return dict(z=values[has_value], zmin=lo, zmax=hi if hi > lo else lo + 1, colorscale=colorscale,
+                    colorbar=dict(title=dict(text=colorbar_title), thickness=14, len=0.75))
+    if classification.scheme == "diverging":
+        colours = diverging_colours(classification.edges, palette, reverse)
+    else:
+        colours = palette_colours(palette, classification.k, reverse)
+    tick_text = [f"{lab}  (n={n})" for lab, n in zip(classification.labels, classification.counts)]
+    return dict(
+        z=classification.classes[has_value].astype(float), zmin=-0.5, zmax=classification.k - 0.5, colorscale=stepped_colorscale(colours),
+        colorbar=dict(title=dict(text=colorbar_title), tickvals=list(range(classification.k)),
+                      ticktext=tick_text, thickness=14, len=0.75),
+    )
+
+
+def _outline_trace(root: str, decimals: int, visible: bool = True, zoomed: bool = False):
+    """The state borders as a line trace. It goes FIRST on a geo map: plotly.js decides whether
+    to download its world topojson from the CDN by looking at the first trace of the geo subplot
+    only, and a lon/lat trace needs none (with a choropleth first, offline browsers log an error
+    and never draw the map). Invisible, it keeps that role with a single point."""
+    import plotly.graph_objects as go
+
+    lons, lats = _state_lines_cached(root, decimals)
+    if not visible:
+        lons, lats = lons[:1], lats[:1]
+    return go.Scattergeo(lon=lons, lat=lats, mode="lines", hoverinfo="skip", showlegend=False,
+                         opacity=1.0 if visible else 0.0,
+                         line=dict(width=1.4 if zoomed else 0.8, color="rgba(60,60,60,0.8)"))
+
+
+def _frame_view(figure, bounds: pd.DataFrame, renderer: str) -> None:
+    """Fit the map to the bounding box of the municipalities shown."""
     box = (float(bounds.minx.min()), float(bounds.miny.min()), float(bounds.maxx.max()), float(bounds.maxy.max()))
     if renderer == "geo":
         pad_x = (box[2] - box[0]) * 0.02
@@ -517,15 +369,6 @@ def municipal_choropleth(
     else:
         center = dict(lon=(box[0] + box[2]) / 2, lat=(box[1] + box[3]) / 2)
         figure.update_layout(map=dict(style="carto-positron", center=center, zoom=_zoom_for(box)))
-    figure.update_layout(
-        title=dict(text=title or label),
-        margin=dict(l=0, r=0, t=40, b=0),
-        paper_bgcolor="rgba(0,0,0,0)",
-        dragmode="pan" if renderer == "geo" else None,
-    )
-    out_table = table.rename(columns={"NOMGEO": "municipality", "NOM_ENT": "state", "value": column})
-    return MapResult(figure, out_table[["CVEGEO", "CVE_ENT", "municipality", "state", column, "class"]],
-                     classification)
 
 
 def _colorbar_title(label: str, unit: str) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from pumamed.epi.io import epi_dir
-from pumamed.errors import DataError
+from pumamed.errors import DataError, MissingDataError
 
 log = logging.getLogger(__name__)
 
@@ -548,9 +548,9 @@ def _reference_codes(root: Path) -> list[str]:
 
         try:
             return read_imm_2020(root)["CVEGEO"].tolist()
-        except DataError as exc:
-            raise DataError("neither the municipal polygons (geo_mxmaps_2020) nor CONAPO IMM 2020 were found: "
-                            "the panel needs one of them as the list of municipalities") from exc
+        except MissingDataError as exc:
+            raise MissingDataError("neither the municipal polygons (geo_mxmaps_2020) nor CONAPO IMM 2020 were "
+                                   "found: the panel needs one of them as the list of municipalities") from exc
 
 
 def _covered_states(source: PanelSource, frame: pd.DataFrame):
