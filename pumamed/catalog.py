@@ -33,6 +33,37 @@ class CheckpointInfo:
     def usable(self) -> bool:
         return not self.problem
 
+    # What the config says, read in one place (pages never parse a checkpoint's config).
+    @property
+    def arch(self) -> str:
+        return str(self.config.get("arch", "pumamednet"))
+
+    @property
+    def model_config(self) -> dict:
+        model = self.config.get("model", {})
+        return model if isinstance(model, dict) else {}
+
+    @property
+    def datasets(self) -> list[str]:
+        """Registered datasets the checkpoint was trained (or fine-tuned) on."""
+        from pumamed.imaging.matching import trained_datasets
+
+        return trained_datasets(self.config)
+
+    @property
+    def modality(self) -> str:
+        """Its imaging modality, from its datasets, else guessed from its name (or ``unknown``)."""
+        from pumamed.imaging.matching import model_modality
+
+        return model_modality(self.datasets, self.name)
+
+    def summary(self) -> dict:
+        """Name, path, architecture, problem, image and latent size, datasets and modality."""
+        model = self.model_config
+        return {"name": self.name, "path": str(self.path), "arch": self.arch, "problem": self.problem,
+                "image_size": model.get("image_size"), "latent_dim": model.get("latent_dim"),
+                "datasets": self.datasets, "modality": self.modality}
+
 
 def read_json_object(path: Path) -> dict:
     """A JSON file that must hold an object; ValueError (naming the file) otherwise."""

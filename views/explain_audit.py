@@ -57,8 +57,7 @@ def _available_datasets(data_root: str) -> list[str]:
 
 @st.cache_data(show_spinner=False, ttl=60)
 def _checkpoints(root: str) -> list[tuple[str, str, dict]]:
-    return [(c.name, str(c.path), c.config) for c in list_checkpoints(root)
-            if c.usable and c.config.get("arch", "pumamednet") == "pumamednet"]
+    return [(c.name, str(c.path), c.summary()) for c in list_checkpoints(root) if c.usable and c.arch == "pumamednet"]
 
 
 @st.cache_data(show_spinner="Encoding the images…", max_entries=8)
@@ -139,15 +138,10 @@ def _mi_matrix(model_path: str, dataset: str, split: str):
 
 @st.cache_data(show_spinner="Disentanglement metrics (gradient-boosted trees per factor)…", max_entries=8)
 def _disentanglement(model_path: str, dataset: str, split: str, train_split: str):
-    from pumamed.explain.audit import available_attributes
-    from pumamed.explain.disentanglement import disentanglement_scores, factors_from_metadata
+    from pumamed.explain.disentanglement import metadata_disentanglement
 
     frames = [_codes(model_path, dataset, s, None) for s in (train_split, split)]
-    metadata = pd.concat([c.metadata for c in frames], ignore_index=True)
-    codes = np.concatenate([c.mu for c in frames])
-    attributes = [a for a in available_attributes(metadata) if a != "age_group"]
-    factors, names, keep = factors_from_metadata(metadata, attributes)
-    return disentanglement_scores(codes[keep], factors, names, n_estimators=50)
+    return metadata_disentanglement(frames, n_estimators=50)
 
 
 @st.cache_data(show_spinner="Planting the token, training, auditing (about a minute)…", max_entries=4)
@@ -325,13 +319,11 @@ with controls("Model and data"):
         names = [c[0] for c in checkpoints]
         model_name = st.selectbox("Model", names, key="ea_model",
                                   help="PumaMedNet checkpoints in the models directory")
-        model_path, model_cfg = next((p, c) for n, p, c in checkpoints if n == model_name)
-        from pumamed.imaging.matching import (datasets_for_model, modality_mismatch_warning, modality_name,
-                                              model_modality, trained_datasets)
+        model_path, model_summary = next((p, c) for n, p, c in checkpoints if n == model_name)
+        from pumamed.imaging.matching import datasets_for_model, modality_mismatch_warning, modality_name
 
-        trained_on = trained_datasets(model_cfg)
         present = [d for d in DEFAULT_DATASETS if d in datasets]
-        choice = datasets_for_model(trained_on, model_modality(trained_on, model_name), present)
+        choice = datasets_for_model(model_summary["datasets"], model_summary["modality"], present)
         show_all = bool(choice.others) and st.checkbox(
             "Show datasets of other modalities", key="ea_show_all_datasets",
             help="the classifier's explanations on another modality are meaningless")
@@ -348,7 +340,7 @@ with controls("Model and data"):
             if choice.is_foreign(dataset):
                 modality_warning = modality_mismatch_warning(model_name, choice.modality, dataset)
             split = st.selectbox("Split", ["test", "val", "train"], key="ea_split")
-            selection = {"model": model_path, "dataset": dataset, "split": split, "cfg": model_cfg}
+            selection = {"model": model_path, "dataset": dataset, "split": split}
     else:
         st.caption("No PumaMedNet checkpoint found.")
 

@@ -43,30 +43,8 @@ MAP_MAX_POINTS = 2000
 def _checkpoints(root: str) -> list[dict]:
     rows = []
     for info in list_checkpoints(Path(root)):
-        rows.append(_checkpoint_row(info))
+        rows.append(info.summary())
     return rows
-
-
-def _checkpoint_row(info) -> dict:
-    cfg = info.config or {}
-    model = cfg.get("model", {}) if isinstance(cfg.get("model"), dict) else {}
-    datasets = _datasets_of(cfg)
-    modality = _modality_of(datasets, info.name)
-    return {"name": info.name, "path": str(info.path), "arch": cfg.get("arch", "pumamednet"), "problem": info.problem,
-            "image_size": model.get("image_size"), "latent_dim": model.get("latent_dim"),
-            "datasets": datasets, "modality": modality}
-
-
-def _datasets_of(cfg: dict) -> list[str]:
-    from pumamed.imaging.matching import trained_datasets
-
-    return trained_datasets(cfg)
-
-
-def _modality_of(datasets: list[str], name: str) -> str:
-    from pumamed.imaging.matching import model_modality
-
-    return model_modality(datasets, name)
 
 
 @st.cache_resource(max_entries=6, show_spinner="Reading the dataset…")
@@ -336,9 +314,9 @@ with controls():
         if custom.strip():
             folder = Path(custom.strip()).expanduser()
             if (folder / CONFIG_FILE).is_file() or (folder / WEIGHTS_FILE).is_file():
-                usable = [_checkpoint_row(describe_checkpoint(folder))]
+                usable = [describe_checkpoint(folder).summary()]
             elif folder.is_dir():
-                usable = [_checkpoint_row(c) for c in list_checkpoints(folder)]
+                usable = [c.summary() for c in list_checkpoints(folder)]
                 if not usable:
                     st.error(f"No checkpoint in `{folder}`.", icon=":material/error:")
             else:

@@ -111,18 +111,10 @@ def run_audit_command(args) -> int:
 
 
 def _disentanglement(train, test, attributes, seed: int) -> dict:
-    import numpy as np
-    import pandas as pd
+    from pumamed.explain.disentanglement import metadata_disentanglement
+    from pumamed.jsonsafe import to_jsonable
 
-    from pumamed.explain.disentanglement import disentanglement_scores, factors_from_metadata
-
-    factor_attrs = [a for a in attributes if a != "age_group"]  # age is binned into the same groups
-    metadata = pd.concat([train.metadata, test.metadata], ignore_index=True)
-    codes = np.concatenate([train.mu, test.mu])
-    factors, names, keep = factors_from_metadata(metadata, factor_attrs)
-    from pumamed.explain.audit import _finite
-
-    return _finite(disentanglement_scores(codes[keep], factors, names, seed=seed).to_dict())
+    return to_jsonable(metadata_disentanglement([train, test], attributes, seed=seed).to_dict(), digits=5)
 
 
 def _fmt(value, digits: int = 3) -> str:

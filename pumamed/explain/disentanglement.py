@@ -237,7 +237,7 @@ def factors_from_metadata(metadata: pd.DataFrame, attributes, n_bins_continuous:
     are attributes known for less than ``min_coverage`` of the rows (in a mix of datasets, sex and
     age exist for the chest X-rays only; keeping them would keep only those rows).
     """
-    from pumamed.explain.audit import attribute_values
+    from pumamed.explain.attributes import attribute_values
 
     columns, names = [], []
     keep = np.ones(len(metadata), dtype=bool)
@@ -260,3 +260,19 @@ def factors_from_metadata(metadata: pd.DataFrame, attributes, n_bins_continuous:
     if not columns:
         raise InputError(f"none of the attributes {list(attributes)} varies in this dataset")
     return np.stack(columns, axis=1)[keep], names, keep
+
+
+def metadata_disentanglement(parts, attributes=None, *, seed: int = 0,
+                             n_estimators: int = 100) -> DisentanglementScores:
+    """MIG, DCI and SAP of the codes of several encoded splits pooled (each with ``.mu`` and
+    ``.metadata``, e.g. :class:`pumamed.explain.audit.LatentCodes`), with their metadata
+    attributes as the factors of variation (``age_group`` is left out: age is binned into the
+    same groups). ``attributes``: by default those usable in the pooled metadata."""
+    metadata = pd.concat([p.metadata for p in parts], ignore_index=True)
+    codes = np.concatenate([p.mu for p in parts])
+    if attributes is None:
+        from pumamed.explain.attributes import available_attributes
+
+        attributes = available_attributes(metadata)
+    factors, names, keep = factors_from_metadata(metadata, [a for a in attributes if a != "age_group"])
+    return disentanglement_scores(codes[keep], factors, names, seed=seed, n_estimators=n_estimators)
