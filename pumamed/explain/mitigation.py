@@ -33,6 +33,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from pumamed.errors import InputError
 from pumamed.explain.attributes import age_groups, is_continuous
+from pumamed.explain.fairness import subgroup_performance
 from pumamed.jsonsafe import to_jsonable
 
 METHODS = ("orthogonal", "inlp", "drop")
@@ -283,8 +284,6 @@ def compare_mitigations(train_codes, train_y, train_attr, test_codes, test_y, te
     ``within_label`` the attribute's directions are estimated within each class, so that removing
     them does not remove the label information the attribute happens to be correlated with.
     """
-    from pumamed.explain.audit import subgroup_performance
-
     train_codes = np.asarray(train_codes, dtype=np.float64)
     test_codes = np.asarray(test_codes, dtype=np.float64)
     train_y = np.asarray(train_y).astype(int)

@@ -181,7 +181,8 @@ def run_shortcut_experiment(cfg: ShortcutConfig | None = None, log=None, device=
     import torch
 
     from pumamed.config import seed_everything
-    from pumamed.explain.audit import AttributeValues, attribute_predictability, flag_dimensions, head_dependence
+    from pumamed.explain.attributes import AttributeValues
+    from pumamed.explain.probes import attribute_predictability, flag_dimensions, head_dependence
     from pumamed.explain.mitigation import STRATEGY_LABELS, fit_head, mitigated_heads
     from pumamed.imaging import load_dataset
     from pumamed.net import PumaMedNet, PumaMedNetConfig

@@ -47,6 +47,9 @@ class DatasetInfo:
     licence: str = ""
     notes: str = ""
     extra: dict = field(default_factory=dict, hash=False, compare=False)
+    # The tasks its labels can be read as (``load_dataset(task=...)``), the first being the one for
+    # a model whose head is none of them; empty: only ``task``.
+    label_views: tuple[str, ...] = ()
 
     def path(self, data_dir=None) -> Path:
         return config.data_dir(data_dir) / self.relative_path
@@ -59,7 +62,8 @@ DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (
         test_split="the own valid/ folder (test/ is held back) plus the train/ images of its patients; "
                    "val = 15% of train/ patients",
         patient_ids=True, citation="Wang et al., ChestX-ray8, CVPR 2017", licence="NIH Clinical Center (public)",
-        notes="14 findings multi-label (pass task='binary' for normal vs abnormal); 64x64 PNG"),
+        notes="14 findings multi-label (pass task='binary' for normal vs abnormal); 64x64 PNG",
+        label_views=("binary", "multilabel")),
     DatasetInfo(
         "pneumoniamnist", "PneumoniaMNIST (MedMNIST v2)", "chest_xray", "binary", ("normal", "pneumonia"),
         "imaging/pneumoniamnist.npz", "medmnist",
@@ -120,6 +124,16 @@ def _shallow_signature(path: Path) -> tuple:
     return tuple(stamps)
 
 
+def label_view_for(dataset: str, model_task: str | None) -> str | None:
+    """The task to read ``dataset``'s labels as for a model whose head has ``model_task`` (NIH
+    ChestX-ray14: binary or multi-label, as the model; binary for any other head), or None: the
+    dataset's own."""
+    info = DATASETS.get(str(dataset))
+    if info is None or not info.label_views:
+        return None
+    return model_task if model_task in info.label_views else info.label_views[0]
+
+
 def _read_table(reader: str, path: Path, name: str, modality: str, class_names, task: str | None) -> SampleTable:
     if reader == "medmnist":
         return read_medmnist(path, name=name, modality=modality, class_names=class_names)
@@ -142,7 +156,7 @@ def _sample_table(name_or_path, data_dir, task: str | None, modality: str | None
                             f"{config.DATA_DIR_ENV} to the folder holding {info.relative_path}")
         reader, name, modality = info.reader, info.name, info.modality
         class_names = list(info.class_names) if info.reader != "nih_cxr14" else None
-        if task not in (None, info.task) and info.reader != "nih_cxr14":
+        if task not in (None, info.task) and task not in info.label_views:
             raise InputError(f"{info.name} is a {info.task} dataset; task={task!r} is not available")
     else:
         path = Path(name_or_path).expanduser()
