@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from pumamed.net import trust as T
+from pumamed.net.calibration import calibrate_checkpoint, evaluate_trust
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(image_size=32, latent_dim=8, widths=(8, 16, 32), attention_resolution=8, groups=4)
@@ -131,7 +132,7 @@ def test_calibrate_writes_trust_and_the_threshold_flags_the_stated_share(imaging
     from pumamed.net.checkpoint import load_model
     from pumamed.net.data import load_arrays
 
-    report = T.calibrate_checkpoint(tiny_checkpoint, device="cpu", report_test=False, quantile=0.9,
+    report = calibrate_checkpoint(tiny_checkpoint, device="cpu", report_test=False, quantile=0.9,
                                     select_against=["pneumoniamnist"])
     assert (tiny_checkpoint / T.TRUST_FILE).is_file() and (tiny_checkpoint / T.TRUST_TENSORS).is_file()
     assert report["calibration"]["temperature"] > 0
@@ -153,7 +154,7 @@ def test_evaluate_reports_calibration_and_ood(imaging_root, tiny_checkpoint, tmp
     from pumamed.cli import main
 
     if not (tiny_checkpoint / T.TRUST_FILE).is_file():
-        T.calibrate_checkpoint(tiny_checkpoint, device="cpu", report_test=False, select_against=["pneumoniamnist"])
+        calibrate_checkpoint(tiny_checkpoint, device="cpu", report_test=False, select_against=["pneumoniamnist"])
     png = tmp_path / "reliability.png"
     out = io.StringIO()
     with redirect_stdout(out):
@@ -186,12 +187,12 @@ def test_evaluate_without_trust_says_how_to_calibrate(imaging_root, tmp_path, on
     save_checkpoint(folder, PumaMedNet(PumaMedNetConfig(num_classes=2, task="binary",
                                                         class_names=["malignant", "normal+benign"], **TINY)),
                     config={"data": {"datasets": ["breastmnist"]}})
-    block = T.evaluate_trust(folder, "breastmnist", split="val", device="cpu")
+    block = evaluate_trust(folder, "breastmnist", split="val", device="cpu")
     assert "calibrate --model" in block["calibration"]["skipped"]
     from pumamed.errors import InputError
 
     with pytest.raises(InputError, match="calibrate"):
-        T.evaluate_trust(folder, "breastmnist", split="val", ood=["pneumoniamnist"], device="cpu")
+        evaluate_trust(folder, "breastmnist", split="val", ood=["pneumoniamnist"], device="cpu")
 
 
 # --- the default models carry their trust signals ---------------------------------------------

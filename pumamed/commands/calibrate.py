@@ -27,7 +27,8 @@ def run_calibrate(args) -> int:
     import sys
 
     from pumamed.errors import InputError
-    from pumamed.net.trust import TRUST_FILE, calibrate_checkpoint, summary, to_json
+    from pumamed.net.calibration import calibrate_checkpoint
+    from pumamed.net.trust import TRUST_FILE, summary, to_json
 
     if args.batch_size < 1:
         raise InputError("--batch-size must be at least 1")

@@ -58,7 +58,7 @@ def run_evaluate(args) -> int:
                                  device=args.device, batch_size=args.batch_size,
                                  latency_repeats=args.latency_repeats, against=args.against,
                                  bootstrap=args.bootstrap, seed=args.seed)
-    from pumamed.net.trust import evaluate_trust  # calibration before/after, OOD AUROC (--ood)
+    from pumamed.net.calibration import evaluate_trust  # calibration before/after, OOD AUROC (--ood)
 
     result.update(evaluate_trust(args.model, args.dataset, split=args.split,
                                  ood=args.ood.split(",") if args.ood else None, data_dir=args.data_dir,

@@ -18,8 +18,6 @@ config.json layout::
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +26,14 @@ import torch
 
 from pumamed.catalog import CARD_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, read_json_object
 from pumamed.errors import CheckpointError
-from pumamed.jsonsafe import to_jsonable
+from pumamed.net.files import (  # noqa: F401 - re-exported: the checkpoint's file API
+    _atomic_write,
+    _jsonable,
+    atomic_save_tensors,
+    atomic_write_json,
+    atomic_write_text,
+    read_tensors,
+)
 
 FORMAT = "pumamed-checkpoint"
 FORMAT_VERSION = 1
@@ -85,29 +90,6 @@ class LoadedModel:
         return load_trust(self.path)
 
 
-# --- atomic writes ----------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then move the temporary file onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp creates 0600 files (and writers may recreate them): give the final file the mode
-        # of any other new file, so a shared server's other accounts can read checkpoints.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 # Every file name a save writes; an interrupted write leaves ".<name>.<random>.tmp" beside it.
 WRITTEN_FILES = (WEIGHTS_FILE, CONFIG_FILE, METRICS_FILE, CARD_FILE, STATE_WEIGHTS_FILE, STATE_JSON_FILE,
                  RESUME_FILE, "weight_maps.safetensors", "trust.json", "trust.safetensors")
@@ -130,32 +112,6 @@ def remove_stale_temporaries(folder: Path) -> list[str]:
             except OSError:
                 pass  # not ours to fight over; the next start tries again
     return removed
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    _atomic_write(path, write)
-
-
-def atomic_write_json(path: Path, value) -> None:
-    atomic_write_text(path, json.dumps(_jsonable(value), indent=2, sort_keys=False) + "\n")
-
-
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic_write(path, lambda tmp: save_file(clean, tmp, metadata=metadata))
-
-
-def _jsonable(value):
-    """Checkpoint files keep NaN as JSON ``NaN`` (what they always held) and string keys."""
-    return to_jsonable(value, finite=False, str_keys=True)
 
 
 # --- model construction -----------------------------------------------------------------------
@@ -223,27 +179,6 @@ def read_config(folder) -> dict:
         return read_json_object(path)
     except ValueError as exc:
         raise CheckpointError(f"{folder}: {exc}") from exc
-
-
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file; anything else (a pickle, a truncated file) is a CheckpointError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    # A safetensors file starts with a little-endian u64 header length then '{'. Pickles and
-    # zip archives (torch.save) start with other bytes: refuse them before any parser sees them.
-    if len(head) < 9 or head[8:9] != b"{" or head[:2] in (b"\x80\x02", b"PK"):
-        raise CheckpointError(f"{path.name} is not a safetensors file (pickled or corrupt checkpoints are "
-                              f"never loaded); re-save the weights with safetensors")
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"cannot read {path.name} as safetensors: {exc}") from exc
 
 
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str = "checkpoint") -> None:

@@ -340,7 +340,7 @@ def run(spec: RunSpec, log=print) -> dict:
     ckpt.atomic_write_text(spec.out / ckpt.CARD_FILE, make_card(loaded.config, final))
     if spec.calibrate:
         # trust signals (temperature, OOD threshold) on the validation split: what `calibrate` does
-        from pumamed.net.trust import calibrate_checkpoint
+        from pumamed.net.calibration import calibrate_checkpoint
 
         calibrate_checkpoint(spec.out, data_dir=spec.data_dir, device=device,
                              report_test=spec.report_test and not is_mix, log=log)
