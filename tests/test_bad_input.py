@@ -212,7 +212,7 @@ def _design(data: bytes, **kw):
     def action(tmp):
         from pumamed.epi.modeling import ModelSpec, build_design
 
-        spec = ModelSpec(outcome="table", table_bytes=data, table_name="upload.csv", run_boosting=False,
+        spec = ModelSpec.of(outcome="table", table_bytes=data, table_name="upload.csv", run_boosting=False,
                          run_spatial=False, data_dir=os.environ.get("PUMAMED_DATA_DIR"), **kw)
         return build_design(spec)
     return action

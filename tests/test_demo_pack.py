@@ -66,7 +66,7 @@ def test_panel_and_diabetes_models_on_the_pack():
     panel = load_panel(PACK)
     assert panel["CVEGEO"].nunique() == 2469
     assert panel["covid_diabetic_hospitalized"].sum() > 10_000, "the outcome counts are missing"
-    spec = ModelSpec(outcome="covid_diabetic_hospitalized", data_dir=str(PACK))
+    spec = ModelSpec.of(outcome="covid_diabetic_hospitalized", data_dir=str(PACK))
     run_models(spec)  # the first fit also reads the geometry and builds the spatial weights
     start = time.perf_counter()
     result = run_models(spec)

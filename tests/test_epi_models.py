@@ -23,7 +23,7 @@ PLANTED = (("ses_illiteracy_pct", 1.25), ("ses_overcrowding_pct", 0.8), ("popula
 @pytest.fixture(scope="module")
 def simulated(epi_root):
     """Counts drawn from the real 2020 covariates (negative binomial, dispersion 0.1)."""
-    return build_design(ModelSpec(sim_effects=PLANTED, sim_seed=0, data_dir=str(epi_root)))
+    return build_design(ModelSpec.of(sim_effects=PLANTED, sim_seed=0, data_dir=str(epi_root)))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def _xy(design):
 # ---------------------------------------------------------------- known truth
 @pytest.mark.parametrize("sim_seed", [0, 5])
 def test_known_truth_planted_effects_are_recovered(epi_root, sim_seed):
-    result = run_models(ModelSpec(sim_effects=PLANTED, sim_seed=sim_seed, run_boosting=False, run_spatial=False,
+    result = run_models(ModelSpec.of(sim_effects=PLANTED, sim_seed=sim_seed, run_boosting=False, run_spatial=False,
                                   n_resamples=10, data_dir=str(epi_root)))
     rec = result.recovery.set_index("variable")
     planted = {name for name, _ in PLANTED}
@@ -97,7 +97,7 @@ def test_zero_penalty_negbin_matches_statsmodels(synthetic):
 def test_zero_penalty_binomial_matches_statsmodels(epi_root):
     import statsmodels.api as sm
 
-    design = build_design(ModelSpec(severity_denominator="sim_count", sim_effects=PLANTED,
+    design = build_design(ModelSpec.of(severity_denominator="sim_count", sim_effects=PLANTED,
                                     sim_severity_effects=(("ses_poverty_pct", 1.4),), data_dir=str(epi_root)))
     X = design.frame[design.covariates].iloc[:, :6]
     events, trials = design.frame["y"].to_numpy(float), design.frame["trials"].to_numpy(float)
@@ -185,13 +185,13 @@ def test_bad_designs_are_data_errors(synthetic):
 
 def test_pipeline_bad_inputs(epi_root, tmp_path):
     with pytest.raises(DataError, match="unknown covariates"):
-        build_design(ModelSpec(covariates=("no_such_column",), data_dir=str(epi_root)))
+        build_design(ModelSpec.of(covariates=("no_such_column",), data_dir=str(epi_root)))
     with pytest.raises(DataError, match="unknown count outcome"):
-        build_design(ModelSpec(outcome="nope", data_dir=str(epi_root)))
+        build_design(ModelSpec.of(outcome="nope", data_dir=str(epi_root)))
     bad = tmp_path / "bad.csv"
     bad.write_text("CVEGEO,cases\n01001,3\n01002,4\n")
     with pytest.raises(DataError, match="missing column"):
-        run_models(ModelSpec(outcome="table", table_path=str(bad), count_col="count", data_dir=str(epi_root)))
+        run_models(ModelSpec.of(outcome="table", table_path=str(bad), count_col="count", data_dir=str(epi_root)))
 
 
 def test_user_table_outcome(epi_root, simulated, tmp_path):
@@ -200,7 +200,7 @@ def test_user_table_outcome(epi_root, simulated, tmp_path):
                           "pob": frame["population"].astype(int)})
     path = tmp_path / "cases.csv"
     table.to_csv(path, index=False)
-    result = run_models(ModelSpec(outcome="table", table_path=str(path), table_name="cases.csv", count_col="casos",
+    result = run_models(ModelSpec.of(outcome="table", table_path=str(path), table_name="cases.csv", count_col="casos",
                                   population_col="pob", code_col="clave", run_boosting=False, run_spatial=False,
                                   n_resamples=5, data_dir=str(epi_root)))
     assert len(result.data) == len(frame)
@@ -304,7 +304,7 @@ def test_islands_get_their_nearest_neighbour(epi_root):
 
 # ---------------------------------------------------------------- pipeline and CLI
 def test_pipeline_on_a_real_outcome(epi_root):
-    result = run_models(ModelSpec(outcome="covid_diabetic_hospitalized", n_resamples=10, permutations=99,
+    result = run_models(ModelSpec.of(outcome="covid_diabetic_hospitalized", n_resamples=10, permutations=99,
                                   data_dir=str(epi_root)))
     assert len(result.data) > 2400
     assert set(result.deviance["model"]) == {"null (overall rate)", "penalised negbin GLM", "LightGBM (offset)"}
@@ -316,7 +316,7 @@ def test_pipeline_on_a_real_outcome(epi_root):
 
 
 def test_pipeline_severity_is_binomial(epi_root):
-    result = run_models(ModelSpec(outcome="covid_diabetic_icu", severity_denominator="covid_diabetic_hospitalized",
+    result = run_models(ModelSpec.of(outcome="covid_diabetic_icu", severity_denominator="covid_diabetic_hospitalized",
                                   n_resamples=5, permutations=99, data_dir=str(epi_root)))
     assert result.family == "binomial" and result.ratio_name == "OR"
     assert (result.data["y"] <= result.data["trials"]).all() and (result.data["trials"] > 0).all()
@@ -358,7 +358,7 @@ def test_severity_pair_with_events_outside_its_denominator_fits_after_excluding_
     """Deaths among the hospitalised: some deaths were never hospitalised, so a few municipalities
     count more deaths than hospitalisations. They are left out with a note naming how many, and
     the binomial model fits on the rest."""
-    spec = ModelSpec(outcome="covid_diabetic_deaths", severity_denominator="covid_diabetic_hospitalized",
+    spec = ModelSpec.of(outcome="covid_diabetic_deaths", severity_denominator="covid_diabetic_hospitalized",
                      data_dir=str(epi_root))
     design = build_design(spec)
     frame = design.frame

@@ -42,7 +42,7 @@ def _catalogue(data_dir: str):
 def _fit(spec_items: tuple):
     from pumamed.epi.modeling import ModelSpec, run_models
 
-    return run_models(ModelSpec(**dict(spec_items)))
+    return run_models(ModelSpec.of(**dict(spec_items)))
 
 
 # ---------------------------------------------------------------- figures
@@ -106,7 +106,7 @@ def _cv_figure(result):
         customdata=curve["n_selected"],
         hovertemplate="log10 λ=%{x:.2f}<br>deviance=%{y:.4g}<br>%{customdata} covariates<extra></extra>"))
     _lambda_lines(fig, result)
-    fig.update_layout(title=f"{result.spec.n_folds}-fold cross-validated deviance (mean ± SE)",
+    fig.update_layout(title=f"{result.spec.penalty.n_folds}-fold cross-validated deviance (mean ± SE)",
                       xaxis_title="log10 λ", yaxis_title="mean held-out deviance", xaxis_autorange="reversed")
     return style_figure(fig)
 
@@ -330,8 +330,9 @@ chosen = result.cv.chosen_index_
 cols[2].metric("CV deviance", f"{result.cv.cv_mean_[chosen]:.3g}", help="mean held-out deviance at the chosen λ")
 if result.moran:
     cols[3].metric("Moran's I (residuals)", f"{result.moran['I']:.3f}", help=f"permutation p = {result.moran['p_value']:.3g}")
-summary = (f"**{result.outcome_label}**; family: {result.family}; λ by the {result.spec.rule} rule "
-           f"({'adaptive ' if result.spec.adaptive else ''}{'lasso' if result.spec.l1_ratio == 1 else 'elastic net'}).")
+penalty = result.spec.penalty
+summary = (f"**{result.outcome_label}**; family: {result.family}; λ by the {penalty.rule} rule "
+           f"({'adaptive ' if penalty.adaptive else ''}{'lasso' if penalty.l1_ratio == 1 else 'elastic net'}).")
 if is_presentation():  # talks: the data notes fold away beside the summary, the figures keep the room
     summary_col, notes_col = st.columns([3, 1], vertical_alignment="center")
     summary_col.caption(summary)
@@ -369,7 +370,7 @@ with tab_glm, guarded("Penalised GLM"):
     else:
         from pumamed.epi.modeling import empty_selection_message
 
-        st.info(empty_selection_message(result.family, result.spec.rule, len(result.data)),
+        st.info(empty_selection_message(result.family, result.spec.penalty.rule, len(result.data)),
                 icon=":material/filter_alt_off:")
     if result.recovery is not None:
         st.subheader("Planted versus recovered")

@@ -71,10 +71,10 @@ def spec_from_args(args):
 
         if not Path(outcome).is_file():
             raise InputError(f"outcome file not found: {outcome}")
-        return ModelSpec(outcome="table", table_path=str(Path(outcome).resolve()), table_name=Path(outcome).name,
+        return ModelSpec.of(outcome="table", table_path=str(Path(outcome).resolve()), table_name=Path(outcome).name,
                          count_col=args.count_col, population_col=args.population_col, code_col=args.code_col,
                          year_col=args.year_col, **common)
-    return ModelSpec(outcome=outcome, **common)
+    return ModelSpec.of(outcome=outcome, **common)
 
 
 def run(args) -> int:

@@ -30,7 +30,7 @@ def run(args) -> int:
     from pumamed.commands.epi_model import parse_effects
     from pumamed.epi.modeling import ModelSpec, simulate_from_spec
 
-    spec = ModelSpec(outcome="simulated", covariates=tuple(args.covariates) if args.covariates else None,
+    spec = ModelSpec.of(outcome="simulated", covariates=tuple(args.covariates) if args.covariates else None,
                      sim_effects=parse_effects(args.effects), sim_severity_effects=parse_effects(args.severity_effects),
                      sim_n_planted=args.n_planted, sim_baseline_rate=args.baseline_rate,
                      sim_dispersion=args.dispersion, sim_severity_baseline=args.severity_baseline,

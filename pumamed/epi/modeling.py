@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,20 +52,26 @@ COUNT_DEVIANCE_NOTE = ("Held-out deviance is the Poisson deviance per municipali
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """What to model. Hashable, so it can key caches.
-
-    outcome: a count column of the panel, ``"simulated"``, or ``"table"`` (then ``table_bytes``
-    or ``table_path`` with ``count_col`` and optionally ``population_col``).
-    severity_denominator: a count column (or table column) turning the model into a binomial
-    model of ``outcome / denominator``.
-    """
+class OutcomeSpec:
+    """What is modelled: ``outcome`` is a count column of the panel, ``"simulated"``, or
+    ``"table"`` (a user's table, see :class:`UserTable`); ``severity_denominator`` (a count column)
+    turns it into a binomial model of ``outcome / denominator``. Covariates of the panel's
+    cross-section of ``year``, skewed ones log1p-transformed with ``log_skewed``."""
 
     outcome: str = SIMULATED
     covariates: tuple[str, ...] | None = None
-    family: str = "negbin"
     year: int | None = None
     severity_denominator: str | None = None
+    log_skewed: bool = True
+    data_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class PenaltySpec:
+    """The penalised GLM: family, elastic-net mix, adaptive weights, the penalty rule and the
+    cross-validation and stability-selection resamples."""
+
+    family: str = "negbin"
     l1_ratio: float = 1.0
     adaptive: bool = True
     rule: str = "1se"
@@ -73,41 +79,106 @@ class ModelSpec:
     n_lambdas: int = 40
     n_resamples: int = 50
     resampling: str = "bootstrap"
-    log_skewed: bool = True
+
+
+@dataclass(frozen=True)
+class DiagnosticsSpec:
+    """What runs after the GLM: boosting with explanations of its ``top_features``, and the
+    spatial checks of the residuals (with ``permutations``)."""
+
     run_boosting: bool = True
     run_spatial: bool = True
     top_features: int = 4
     permutations: int = 999
-    seed: int = 0
-    # user table
-    table_path: str | None = None
-    table_bytes: bytes | None = field(default=None, repr=False)
-    table_name: str = "table"
+
+
+@dataclass(frozen=True)
+class UserTable:
+    """A user's outcome table (``outcome="table"``): a file path or the uploaded bytes, and its
+    columns."""
+
+    path: str | None = None
+    data: bytes | None = field(default=None, repr=False)
+    name: str = "table"
     count_col: str = "count"
     population_col: str | None = None
     code_col: str = "CVEGEO"
     year_col: str | None = None
-    # simulation (ratios per SD; empty = three effects drawn at random)
-    sim_effects: tuple[tuple[str, float], ...] = ()
-    sim_n_planted: int = 3
-    sim_baseline_rate: float = 1e-3
-    sim_dispersion: float = 0.1
-    sim_severity_effects: tuple[tuple[str, float], ...] = ()
-    sim_severity_baseline: float = 0.15
-    sim_seed: int = 0
-    data_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class SimulationSpec:
+    """The simulated outcome (``outcome="simulated"``): planted ratios per SD (empty: ``n_planted``
+    drawn at random), baseline rate, dispersion and the severity part."""
+
+    effects: tuple[tuple[str, float], ...] = ()
+    n_planted: int = 3
+    baseline_rate: float = 1e-3
+    dispersion: float = 0.1
+    severity_effects: tuple[tuple[str, float], ...] = ()
+    severity_baseline: float = 0.15
+    seed: int = 0
+
+
+#: The flat names of the settings (the page's and the CLI's vocabulary, and the JSON ``spec``), in
+#: order, with the part of :class:`ModelSpec` and the field each one sets.
+SETTINGS: dict[str, tuple[str, str]] = {
+    "outcome": ("outcome", "outcome"), "covariates": ("outcome", "covariates"), "family": ("penalty", "family"),
+    "year": ("outcome", "year"), "severity_denominator": ("outcome", "severity_denominator"),
+    "l1_ratio": ("penalty", "l1_ratio"), "adaptive": ("penalty", "adaptive"), "rule": ("penalty", "rule"),
+    "n_folds": ("penalty", "n_folds"), "n_lambdas": ("penalty", "n_lambdas"),
+    "n_resamples": ("penalty", "n_resamples"), "resampling": ("penalty", "resampling"),
+    "log_skewed": ("outcome", "log_skewed"), "run_boosting": ("diagnostics", "run_boosting"),
+    "run_spatial": ("diagnostics", "run_spatial"), "top_features": ("diagnostics", "top_features"),
+    "permutations": ("diagnostics", "permutations"), "seed": ("", "seed"),
+    "table_path": ("table", "path"), "table_bytes": ("table", "data"), "table_name": ("table", "name"),
+    "count_col": ("table", "count_col"), "population_col": ("table", "population_col"),
+    "code_col": ("table", "code_col"), "year_col": ("table", "year_col"),
+    "sim_effects": ("simulation", "effects"), "sim_n_planted": ("simulation", "n_planted"),
+    "sim_baseline_rate": ("simulation", "baseline_rate"), "sim_dispersion": ("simulation", "dispersion"),
+    "sim_severity_effects": ("simulation", "severity_effects"),
+    "sim_severity_baseline": ("simulation", "severity_baseline"), "sim_seed": ("simulation", "seed"),
+    "data_dir": ("outcome", "data_dir"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to model, by concern (outcome, penalty, diagnostics, user table, simulation) and one
+    ``seed`` for folds, resamples, boosting and permutations. Hashable, so it can key caches.
+    Build it from flat settings with :meth:`of` (``ModelSpec.of(outcome=..., n_folds=5)``)."""
+
+    outcome: OutcomeSpec = OutcomeSpec()
+    penalty: PenaltySpec = PenaltySpec()
+    diagnostics: DiagnosticsSpec = DiagnosticsSpec()
+    table: UserTable = UserTable()
+    simulation: SimulationSpec = SimulationSpec()
+    seed: int = 0
+
+    @classmethod
+    def of(cls, **settings) -> "ModelSpec":
+        """A spec from flat settings (names of :data:`SETTINGS`; the others keep their defaults)."""
+        unknown = [k for k in settings if k not in SETTINGS]
+        if unknown:
+            raise InputError(f"unknown model setting(s): {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
+        parts: dict[str, dict] = {}
+        for name, value in settings.items():
+            part, key = SETTINGS[name]
+            parts.setdefault(part, {})[key] = value
+        top = parts.pop("", {})
+        groups = {"outcome": OutcomeSpec, "penalty": PenaltySpec, "diagnostics": DiagnosticsSpec,
+                  "table": UserTable, "simulation": SimulationSpec}
+        return cls(**{part: groups[part](**values) for part, values in parts.items()}, **top)
+
+    def settings(self) -> dict:
+        """The flat settings, in :data:`SETTINGS` order (what :meth:`of` takes back)."""
+        return {name: getattr(getattr(self, part) if part else self, key) for name, (part, key) in SETTINGS.items()}
 
 
 @dataclass
-class ModelResult:
-    spec: ModelSpec
-    outcome_label: str
-    family: str
-    data: pd.DataFrame  # CVEGEO, y, exposure (or trials), covariates as modelled
-    covariates: list[str]
-    transformed: dict  # covariate -> transform applied ("log1p")
-    notes: list[str]
-    n_dropped: int
+class PenalizedFit:
+    """Stage 1-2: the penalised GLM, its unpenalised refit, VIFs and stability selection."""
+
     cv: object  # PenalizedGLMCV
     path: pd.DataFrame
     cv_curve: pd.DataFrame
@@ -117,38 +188,108 @@ class ModelResult:
     caveat: str
     vif: pd.DataFrame
     stability: pd.DataFrame
-    refit: object | None = None
-    boosting: object | None = None
-    importance: pd.DataFrame | None = None
-    deviance: pd.DataFrame | None = None
-    pdp: pd.DataFrame | None = None
-    ale: pd.DataFrame | None = None
-    shap: pd.DataFrame | None = None
-    shap_expected: float | None = None
-    residuals: pd.DataFrame | None = None
-    moran: dict | None = None
-    moran_boosting: dict | None = None
-    lisa: pd.DataFrame | None = None
-    truth: pd.DataFrame | None = None
-    recovery: pd.DataFrame | None = None
+    refit: object | None
+    fitted: np.ndarray  # fitted means (the refit's, else the rate-only model's), for residuals
+    dispersion: float
+
+
+@dataclass
+class BoostingFit:
+    """Stage 3: LightGBM with the offset, its held-out deviance against the GLM, explanations."""
+
+    booster: object
+    importance: pd.DataFrame
+    deviance: pd.DataFrame
+    pdp: pd.DataFrame
+    ale: pd.DataFrame
+    shap: pd.DataFrame
+    shap_expected: float
+    fitted: np.ndarray
+
+
+@dataclass
+class SpatialFit:
+    """Stage 4: Moran's I of the residuals (GLM and boosting) and LISA clusters."""
+
+    residuals: pd.DataFrame
+    moran: dict
+    moran_boosting: dict | None
+    lisa: pd.DataFrame
+
+
+def _part(stage: str, name: str):
+    """A read-only attribute of the result that lives in one stage (None when it did not run)."""
+    def get(self):
+        part = getattr(self, stage)
+        return None if part is None else getattr(part, name)
+
+    return property(get, doc=f"``{stage}.{name}``")
+
+
+@dataclass
+class ModelResult:
+    """What :func:`run_models` returns: the spec, the design and each stage's typed result. The
+    stages' fields read directly too (``result.cv``, ``result.shap``, ``result.moran``...)."""
+
+    spec: ModelSpec
+    design: "Design"
+    penalized: PenalizedFit
+    boosting_fit: BoostingFit | None = None
+    spatial: SpatialFit | None = None
+    recovery: pd.DataFrame | None = None  # planted against estimated effects (simulated outcomes)
     timings: dict = field(default_factory=dict)
+
+    # the design
+    data = _part("design", "frame")  # CVEGEO, y, exposure (or trials), covariates as modelled
+    outcome_label = _part("design", "outcome_label")
+    family = _part("design", "family")
+    covariates = _part("design", "covariates")
+    transformed = _part("design", "transformed")  # covariate -> transform applied ("log1p")
+    notes = _part("design", "notes")
+    n_dropped = _part("design", "n_dropped")
+    truth = _part("design", "truth")
+    # the penalised GLM
+    cv = _part("penalized", "cv")
+    path = _part("penalized", "path")
+    cv_curve = _part("penalized", "cv_curve")
+    selected = _part("penalized", "selected")
+    ratio_table = _part("penalized", "ratio_table")
+    ratio_name = _part("penalized", "ratio_name")
+    caveat = _part("penalized", "caveat")
+    vif = _part("penalized", "vif")
+    stability = _part("penalized", "stability")
+    refit = _part("penalized", "refit")
+    # boosting
+    boosting = _part("boosting_fit", "booster")
+    importance = _part("boosting_fit", "importance")
+    deviance = _part("boosting_fit", "deviance")
+    pdp = _part("boosting_fit", "pdp")
+    ale = _part("boosting_fit", "ale")
+    shap = _part("boosting_fit", "shap")
+    shap_expected = _part("boosting_fit", "shap_expected")
+    # spatial checks
+    residuals = _part("spatial", "residuals")
+    moran = _part("spatial", "moran")
+    moran_boosting = _part("spatial", "moran_boosting")
+    lisa = _part("spatial", "lisa")
 
     def to_dict(self) -> dict:
         """JSON-ready summary (what the CLI prints)."""
         def records(frame):
             return None if frame is None else frame.replace({np.inf: None, -np.inf: None}).to_dict(orient="records")
 
-        spec = {k: v for k, v in asdict(self.spec).items() if k != "table_bytes"}
+        spec = {k: v for k, v in self.spec.settings().items() if k != "table_bytes"}
         out = {
             "outcome": self.outcome_label, "family": self.family, "n_municipalities": int(len(self.data)),
             "n_dropped": int(self.n_dropped), "covariates": self.covariates, "transformed": self.transformed,
             "notes": self.notes, "spec": spec,
-            "penalty": {"rule": self.spec.rule, "lambda_chosen": self.cv.alpha_, "lambda_min": self.cv.lambda_min_,
-                        "lambda_1se": self.cv.lambda_1se_, "l1_ratio": self.spec.l1_ratio,
-                        "adaptive": self.spec.adaptive, "dispersion": self.cv.dispersion_},
+            "penalty": {"rule": self.spec.penalty.rule, "lambda_chosen": self.cv.alpha_,
+                        "lambda_min": self.cv.lambda_min_,
+                        "lambda_1se": self.cv.lambda_1se_, "l1_ratio": self.spec.penalty.l1_ratio,
+                        "adaptive": self.spec.penalty.adaptive, "dispersion": self.cv.dispersion_},
             "cv_deviance": {"chosen": float(self.cv.cv_mean_[self.cv.chosen_index_]),
                             "chosen_se": float(self.cv.cv_se_[self.cv.chosen_index_]),
-                            "minimum": float(self.cv.cv_mean_.min()), "n_folds": self.spec.n_folds},
+                            "minimum": float(self.cv.cv_mean_.min()), "n_folds": self.spec.penalty.n_folds},
             "selected": self.selected, "ratio": self.ratio_name,
             "selected_table": records(self.ratio_table), "caveat": self.caveat,
             "vif": records(self.vif), "stability": records(self.stability),
@@ -238,15 +379,15 @@ def _read_user_table(spec: ModelSpec) -> pd.DataFrame:
         from pumamed.epi.outcomes import read_outcome_table
     except ImportError as exc:  # pragma: no cover - the data layer ships it
         raise DataError("reading outcome tables needs pumamed.epi.outcomes") from exc
-    source = io.BytesIO(spec.table_bytes) if spec.table_bytes is not None else spec.table_path
-    if spec.table_bytes is not None:
-        source.name = spec.table_name  # messages name the file; .xlsx is recognised by name
+    source = io.BytesIO(spec.table.data) if spec.table.data is not None else spec.table.path
+    if spec.table.data is not None:
+        source.name = spec.table.name  # messages name the file; .xlsx is recognised by name
     if source is None:
         raise InputError("a table outcome needs a CSV file")
-    table = read_outcome_table(source, count_col=spec.count_col, code_col=spec.code_col,
-                               population_col=spec.population_col, year_col=spec.year_col)
-    if spec.year_col and table["year"].nunique() > 1:
-        year = spec.year or int(table["year"].max())
+    table = read_outcome_table(source, count_col=spec.table.count_col, code_col=spec.table.code_col,
+                               population_col=spec.table.population_col, year_col=spec.table.year_col)
+    if spec.table.year_col and table["year"].nunique() > 1:
+        year = spec.outcome.year or int(table["year"].max())
         table = table[table["year"] == year]
         if table.empty:
             raise DataError(f"the outcome table has no rows for {year}")
@@ -256,7 +397,8 @@ def _read_user_table(spec: ModelSpec) -> pd.DataFrame:
 
 
 def _resolve_covariates(spec: ModelSpec, section: pd.DataFrame) -> list[str]:
-    covariates = list(spec.covariates) if spec.covariates else [c for c in DEFAULT_COVARIATES if c in section.columns]
+    wanted = spec.outcome.covariates
+    covariates = list(wanted) if wanted else [c for c in DEFAULT_COVARIATES if c in section.columns]
     unknown = [c for c in covariates if c not in section.columns]
     if unknown:
         raise DataError(f"unknown covariates: {', '.join(unknown)}")
@@ -289,18 +431,19 @@ def simulate_from_spec(spec: ModelSpec):
     transforms, planted effects, rows dropped, year)."""
     from pumamed.epi import simulate
 
-    section, year = _cross_section(spec.data_dir, [], spec.year or 2020)
+    section, year = _cross_section(spec.outcome.data_dir, [], spec.outcome.year or 2020)
     covariates = _resolve_covariates(spec, section)
     base = section[["CVEGEO", "population"] + covariates]
     complete = base.dropna()
     complete = complete[complete["population"] > 0]
     n_dropped = len(base) - len(complete)
-    X, transformed = _log_skewed(complete[covariates]) if spec.log_skewed else (complete[covariates], {})
-    effects = dict(spec.sim_effects) or simulate.default_effects(covariates, spec.sim_n_planted, spec.sim_seed)
+    X, transformed = _log_skewed(complete[covariates]) if spec.outcome.log_skewed else (complete[covariates], {})
+    sim_spec = spec.simulation
+    effects = dict(sim_spec.effects) or simulate.default_effects(covariates, sim_spec.n_planted, sim_spec.seed)
     sim = simulate.simulate_outcome(
-        X, complete["population"], effects=effects, baseline_rate=spec.sim_baseline_rate,
-        dispersion=spec.sim_dispersion, severity_effects=dict(spec.sim_severity_effects),
-        severity_baseline=spec.sim_severity_baseline, codes=complete["CVEGEO"], seed=spec.sim_seed)
+        X, complete["population"], effects=effects, baseline_rate=spec.simulation.baseline_rate,
+        dispersion=spec.simulation.dispersion, severity_effects=dict(spec.simulation.severity_effects),
+        severity_baseline=spec.simulation.severity_baseline, codes=complete["CVEGEO"], seed=spec.simulation.seed)
     return sim, complete, X, covariates, transformed, effects, n_dropped, year
 
 
@@ -323,13 +466,13 @@ def build_design(spec: ModelSpec) -> Design:
     from pumamed.epi import simulate
 
     notes: list[str] = []
-    severity = spec.severity_denominator is not None
-    family = "binomial" if severity else spec.family
+    severity = spec.outcome.severity_denominator is not None
+    family = "binomial" if severity else spec.penalty.family
     if family not in COUNT_FAMILIES + ("binomial",):
-        raise InputError(f"family must be one of {', '.join(COUNT_FAMILIES)}; got {spec.family!r}")
+        raise InputError(f"family must be one of {', '.join(COUNT_FAMILIES)}; got {spec.penalty.family!r}")
 
     truth = None
-    if spec.outcome == SIMULATED:
+    if spec.outcome.outcome == SIMULATED:
         sim, complete, X, covariates, transformed, effects, n_dropped, year = simulate_from_spec(spec)
         frame = pd.DataFrame({"CVEGEO": complete["CVEGEO"].to_numpy()})
         if severity:
@@ -351,11 +494,11 @@ def build_design(spec: ModelSpec) -> Design:
         truth = sim.truth
         notes.append(f"simulated from the real {year} covariates: planted IRRs per SD "
                      + ", ".join(f"{k} {v:.3g}" for k, v in effects.items())
-                     + f"; dispersion {spec.sim_dispersion:g}; baseline rate {spec.sim_baseline_rate:g}")
+                     + f"; dispersion {spec.simulation.dispersion:g}; baseline rate {spec.simulation.baseline_rate:g}")
     else:
-        if spec.outcome == "table":
+        if spec.outcome.outcome == "table":
             table = _read_user_table(spec)
-            section, year = _cross_section(spec.data_dir, [], spec.year or 2020)
+            section, year = _cross_section(spec.outcome.data_dir, [], spec.outcome.year or 2020)
             covariates = _resolve_covariates(spec, section)
             table = table[["CVEGEO", "count"] + (["population"] if "population" in table.columns else [])]
             table = table.rename(columns={"count": "table_count", "population": "table_population"})
@@ -373,24 +516,24 @@ def build_design(spec: ModelSpec) -> Design:
             else:
                 notes.append("exposure: census 2020 population of each municipality")
             y_col = "table_count"
-            label = f"{spec.table_name}: {spec.count_col}"
+            label = f"{spec.table.name}: {spec.table.count_col}"
         else:
             catalog_counts = count_outcomes()
-            if spec.outcome not in set(catalog_counts["name"]):
-                raise DataError(f"unknown count outcome {spec.outcome!r}; choose one of "
+            if spec.outcome.outcome not in set(catalog_counts["name"]):
+                raise DataError(f"unknown count outcome {spec.outcome.outcome!r}; choose one of "
                                 f"{', '.join(catalog_counts['name']) or '(none in the panel)'}, 'simulated' or a CSV")
-            cols = [spec.outcome] + ([spec.severity_denominator] if severity else [])
-            section, year = _cross_section(spec.data_dir, cols, spec.year)
+            cols = [spec.outcome.outcome] + ([spec.outcome.severity_denominator] if severity else [])
+            section, year = _cross_section(spec.outcome.data_dir, cols, spec.outcome.year)
             covariates = _resolve_covariates(spec, section)
             merged = section
-            y_col = spec.outcome
-            label = catalog_counts.set_index("name").loc[spec.outcome, "label"] + f" ({year})"
+            y_col = spec.outcome.outcome
+            label = catalog_counts.set_index("name").loc[spec.outcome.outcome, "label"] + f" ({year})"
         needed = ["CVEGEO", y_col] + covariates
         if severity:
-            if spec.severity_denominator not in merged.columns:
-                raise DataError(f"denominator column {spec.severity_denominator!r} not found")
-            needed.append(spec.severity_denominator)
-            label = f"{label} / {spec.severity_denominator}"
+            if spec.outcome.severity_denominator not in merged.columns:
+                raise DataError(f"denominator column {spec.outcome.severity_denominator!r} not found")
+            needed.append(spec.outcome.severity_denominator)
+            label = f"{label} / {spec.outcome.severity_denominator}"
         else:
             needed.append("population")
         base = merged[list(dict.fromkeys(needed))].copy()
@@ -398,7 +541,7 @@ def build_design(spec: ModelSpec) -> Design:
         complete = base.dropna()
         lost_cov = n_outcome - len(complete)  # rows with the outcome but a missing covariate
         if severity:
-            denominator = spec.severity_denominator
+            denominator = spec.outcome.severity_denominator
             zero = complete[denominator] <= 0
             if zero.any():
                 notes.append(f"{int(zero.sum()):,} municipalities with a zero denominator ({denominator} = 0) "
@@ -423,10 +566,10 @@ def build_design(spec: ModelSpec) -> Design:
             notes.append(f"{lost_cov} municipalities with the outcome dropped for missing covariates"
                          + (" (most missing: " + ", ".join(f"{k} {v}" for k, v in worst.items()) + ")"
                             if len(worst) else ""))
-        X, transformed = _log_skewed(complete[covariates]) if spec.log_skewed else (complete[covariates], {})
+        X, transformed = _log_skewed(complete[covariates]) if spec.outcome.log_skewed else (complete[covariates], {})
         frame = pd.DataFrame({"CVEGEO": complete["CVEGEO"].to_numpy(), "y": complete[y_col].to_numpy(float)})
         if severity:
-            frame["trials"] = complete[spec.severity_denominator].to_numpy(float)
+            frame["trials"] = complete[spec.outcome.severity_denominator].to_numpy(float)
         else:
             frame["population"] = complete["population"].to_numpy(float)
         for c in covariates:
@@ -467,9 +610,6 @@ def run_models(spec: ModelSpec, weights=None) -> ModelResult:
 
 
 def _run_models(spec: ModelSpec, weights=None) -> ModelResult:
-    from pumamed.epi import boosting as boost
-    from pumamed.epi import penalized as pen
-
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
@@ -481,20 +621,56 @@ def _run_models(spec: ModelSpec, weights=None) -> ModelResult:
 
     design = build_design(spec)
     lap("design")
-    frame, covs, family = design.frame, design.covariates, design.family
-    X = frame[covs]
-    y = frame["y"].to_numpy(float)
-    exposure = frame["population"].to_numpy(float) if design.exposure_col else None
-    trials = frame["trials"].to_numpy(float) if design.trials_col else None
-    pen.check_design(X, y, exposure=exposure, trials=trials, family=family)
+    arrays = _DesignArrays.of(design)
+    from pumamed.epi import penalized as pen
 
-    folds = pen.make_folds(len(frame), spec.n_folds, spec.seed)
-    cv = pen.PenalizedGLMCV(family=family, l1_ratio=spec.l1_ratio, n_lambdas=spec.n_lambdas, n_folds=spec.n_folds,
-                            rule=spec.rule, adaptive=spec.adaptive, random_state=spec.seed)
+    folds = pen.make_folds(len(design.frame), spec.penalty.n_folds, spec.seed)
+    penalized = fit_penalized(design, arrays, spec, folds, lap)
+    result = ModelResult(spec=spec, design=design, penalized=penalized, timings=timings)
+    if design.truth is not None:
+        result.recovery = _recovery(design.truth, penalized.ratio_table, design.covariates, design.family)
+    if spec.diagnostics.run_boosting:
+        result.boosting_fit = fit_boosting(design, arrays, spec, folds, penalized, lap)
+    if spec.diagnostics.run_spatial:
+        result.spatial = spatial_checks(design, arrays, spec, penalized, result.boosting_fit, weights, lap)
+    result.timings["total"] = round(sum(v for k, v in result.timings.items() if k != "total"), 4)
+    return result
+
+
+@dataclass
+class _DesignArrays:
+    """The design as the estimators take it."""
+
+    X: pd.DataFrame
+    y: np.ndarray
+    exposure: np.ndarray | None
+    trials: np.ndarray | None
+
+    @classmethod
+    def of(cls, design: "Design") -> "_DesignArrays":
+        from pumamed.epi import penalized as pen
+
+        frame = design.frame
+        arrays = cls(frame[design.covariates], frame["y"].to_numpy(float),
+                     frame["population"].to_numpy(float) if design.exposure_col else None,
+                     frame["trials"].to_numpy(float) if design.trials_col else None)
+        pen.check_design(arrays.X, arrays.y, exposure=arrays.exposure, trials=arrays.trials, family=design.family)
+        return arrays
+
+
+def fit_penalized(design: "Design", arrays: _DesignArrays, spec: ModelSpec, folds, lap=lambda name: None
+                  ) -> PenalizedFit:
+    """Stages 1-2 (module doc): path and cross-validation, refit, VIFs, stability selection."""
+    from pumamed.epi import penalized as pen
+
+    covs, family, penalty = design.covariates, design.family, spec.penalty
+    X, y, exposure, trials = arrays.X, arrays.y, arrays.exposure, arrays.trials
+    cv = pen.PenalizedGLMCV(family=family, l1_ratio=penalty.l1_ratio, n_lambdas=penalty.n_lambdas,
+                            n_folds=penalty.n_folds, rule=penalty.rule, adaptive=penalty.adaptive,
+                            random_state=spec.seed)
     cv.fit(X, y, exposure=exposure, trials=trials, folds=folds)
     lap("penalised_path_cv")
     ratio_table, refit = pen.refit_table(X, y, cv.selected_, exposure=exposure, trials=trials, family=family)
-    ratio_name = "OR" if family == "binomial" else "IRR"
     if len(ratio_table):
         chosen = dict(zip(covs, cv.coef_))
         ratio_table.insert(1, "penalised_ratio_per_sd", [float(np.exp(chosen[v])) for v in ratio_table["variable"]])
@@ -502,9 +678,9 @@ def _run_models(spec: ModelSpec, weights=None) -> ModelResult:
     vif = pen.variance_inflation(X).rename_axis("variable").reset_index()
     vif["selected"] = vif["variable"].isin(cv.selected_)
     lap("vif")
-    stability = pen.stability_selection(X, y, exposure=exposure, trials=trials, family=family, l1_ratio=spec.l1_ratio,
-                                        alpha=cv.alpha_, n_resamples=spec.n_resamples, method=spec.resampling,
-                                        dispersion=cv.dispersion_, random_state=spec.seed,
+    stability = pen.stability_selection(X, y, exposure=exposure, trials=trials, family=family,
+                                        l1_ratio=penalty.l1_ratio, alpha=cv.alpha_, n_resamples=penalty.n_resamples,
+                                        method=penalty.resampling, dispersion=cv.dispersion_, random_state=spec.seed,
                                         warm_start=(cv.intercept_, cv.coef_), penalty_factor=cv.penalty_factor_)
     stability = stability.rename_axis("variable").reset_index()
     stability["selected"] = stability["variable"].isin(cv.selected_)
@@ -513,7 +689,6 @@ def _run_models(spec: ModelSpec, weights=None) -> ModelResult:
         stab_lookup = stability.set_index("variable")["selection_frequency"]
         ratio_table["selection_frequency"] = ratio_table["variable"].map(stab_lookup).to_numpy()
     lap("stability")
-
     # Fitted means for residuals: the unpenalised refit (or the rate-only model if nothing was kept).
     if refit is not None:
         fitted = refit.predict(X[cv.selected_], exposure=exposure)
@@ -522,68 +697,75 @@ def _run_models(spec: ModelSpec, weights=None) -> ModelResult:
         fitted = (np.full(len(y), y.sum() / trials.sum()) if family == "binomial"
                   else exposure * y.sum() / exposure.sum())
         dispersion = cv.dispersion_
-    result = ModelResult(
-        spec=spec, outcome_label=design.outcome_label, family=family, data=frame, covariates=covs,
-        transformed=design.transformed, notes=design.notes, n_dropped=design.n_dropped, cv=cv,
-        path=cv.path_.to_frame(), cv_curve=cv.cv_frame(), selected=list(cv.selected_), ratio_table=ratio_table,
-        ratio_name=ratio_name, caveat=pen.POST_SELECTION_CAVEAT, vif=vif, stability=stability, refit=refit,
-        truth=design.truth, timings=timings,
-    )
-    if design.truth is not None:
-        result.recovery = _recovery(design.truth, ratio_table, covs, family)
+    return PenalizedFit(cv=cv, path=cv.path_.to_frame(), cv_curve=cv.cv_frame(), selected=list(cv.selected_),
+                        ratio_table=ratio_table, ratio_name="OR" if family == "binomial" else "IRR",
+                        caveat=pen.POST_SELECTION_CAVEAT, vif=vif, stability=stability, refit=refit, fitted=fitted,
+                        dispersion=dispersion)
 
-    boost_fitted = None
-    if spec.run_boosting:
-        boost_family = "binomial" if family == "binomial" else "poisson"
-        booster = boost.OffsetBoosting(family=boost_family, random_state=spec.seed)
-        booster.fit(X, y, exposure=exposure, trials=trials)
-        boost_fitted = booster.predict(X, exposure=exposure if family != "binomial" else None)
-        lap("boosting_fit")
-        # The folds reuse the number of trees chosen by early stopping on the full data (one probe
-        # instead of five); a mild optimism in the boosting column, stated in the docs.
-        fold_model = boost.OffsetBoosting(family=boost_family, random_state=spec.seed,
-                                          n_estimators=booster.n_trees_, early_stopping_rounds=0)
-        held_out = boost.cross_validated_predictions(fold_model, X, y, folds, exposure=exposure, trials=trials)
-        lap("boosting_cv")
-        preds = {"null (overall rate)": boost.null_predictions(y, folds, exposure=exposure, trials=trials),
-                 f"penalised {family} GLM": cv.fold_predictions_, "LightGBM (offset)": held_out}
-        result.deviance = boost.deviance_table(y, folds, preds, family=family, trials=trials)
-        shap_frame, expected = boost.shap_values(booster, X)
-        shap_frame.index = frame["CVEGEO"].to_numpy()
-        lap("shap")
-        importance = pd.DataFrame({"variable": covs, "gain": booster.feature_importances_,
-                                   "mean_abs_shap": shap_frame.abs().mean().to_numpy()})
-        importance["gain_share"] = importance["gain"] / max(importance["gain"].sum(), 1e-12)
-        importance = importance.sort_values("mean_abs_shap", ascending=False).reset_index(drop=True)
-        top = importance["variable"].head(spec.top_features).tolist()
-        Xi = X.set_axis(frame["CVEGEO"].to_numpy(), axis=0)
-        result.pdp = boost.partial_dependence(booster, Xi, top, random_state=spec.seed)
-        result.ale = pd.concat([boost.accumulated_local_effects(booster, Xi, f) for f in top], ignore_index=True)
-        lap("pdp_ale")
-        result.boosting, result.importance = booster, importance
-        result.shap, result.shap_expected = shap_frame, expected
 
-    if spec.run_spatial:
-        from pumamed.epi import spatial
+def fit_boosting(design: "Design", arrays: _DesignArrays, spec: ModelSpec, folds, penalized: PenalizedFit,
+                 lap=lambda name: None) -> BoostingFit:
+    """Stage 3 (module doc): LightGBM with the offset, held-out deviance on the GLM's folds,
+    importance, partial dependence, ALE and SHAP for the top covariates."""
+    from pumamed.epi import boosting as boost
 
-        if weights is None:
-            weights = spatial.municipal_weights(frame["CVEGEO"].tolist(), spec.data_dir)
-        lap("weights")
-        resid = spatial.pearson_residuals(y, fitted, family, dispersion, trials)
-        residuals = pd.DataFrame({"CVEGEO": frame["CVEGEO"], "observed": y, "fitted_glm": fitted,
-                                  "pearson_glm": resid})
-        result.moran = spatial.morans_i(resid, weights, spec.permutations, spec.seed).to_dict()
-        if boost_fitted is not None:
-            resid_b = spatial.pearson_residuals(y, boost_fitted, "binomial" if family == "binomial" else "poisson",
-                                                0.0, trials)
-            residuals["fitted_boosting"] = boost_fitted
-            residuals["pearson_boosting"] = resid_b
-            result.moran_boosting = spatial.morans_i(resid_b, weights, spec.permutations, spec.seed).to_dict()
-        result.lisa = spatial.lisa_clusters(resid, weights, spec.permutations, seed=spec.seed)
-        result.residuals = residuals
-        lap("spatial")
-    result.timings["total"] = round(sum(v for k, v in result.timings.items() if k != "total"), 4)
-    return result
+    frame, covs, family = design.frame, design.covariates, design.family
+    X, y, exposure, trials = arrays.X, arrays.y, arrays.exposure, arrays.trials
+    boost_family = "binomial" if family == "binomial" else "poisson"
+    booster = boost.OffsetBoosting(family=boost_family, random_state=spec.seed)
+    booster.fit(X, y, exposure=exposure, trials=trials)
+    fitted = booster.predict(X, exposure=exposure if family != "binomial" else None)
+    lap("boosting_fit")
+    # The folds reuse the number of trees chosen by early stopping on the full data (one probe
+    # instead of five); a mild optimism in the boosting column, stated in the docs.
+    fold_model = boost.OffsetBoosting(family=boost_family, random_state=spec.seed,
+                                      n_estimators=booster.n_trees_, early_stopping_rounds=0)
+    held_out = boost.cross_validated_predictions(fold_model, X, y, folds, exposure=exposure, trials=trials)
+    lap("boosting_cv")
+    preds = {"null (overall rate)": boost.null_predictions(y, folds, exposure=exposure, trials=trials),
+             f"penalised {family} GLM": penalized.cv.fold_predictions_, "LightGBM (offset)": held_out}
+    deviance = boost.deviance_table(y, folds, preds, family=family, trials=trials)
+    shap_frame, expected = boost.shap_values(booster, X)
+    shap_frame.index = frame["CVEGEO"].to_numpy()
+    lap("shap")
+    importance = pd.DataFrame({"variable": covs, "gain": booster.feature_importances_,
+                               "mean_abs_shap": shap_frame.abs().mean().to_numpy()})
+    importance["gain_share"] = importance["gain"] / max(importance["gain"].sum(), 1e-12)
+    importance = importance.sort_values("mean_abs_shap", ascending=False).reset_index(drop=True)
+    top = importance["variable"].head(spec.diagnostics.top_features).tolist()
+    Xi = X.set_axis(frame["CVEGEO"].to_numpy(), axis=0)
+    pdp = boost.partial_dependence(booster, Xi, top, random_state=spec.seed)
+    ale = pd.concat([boost.accumulated_local_effects(booster, Xi, f) for f in top], ignore_index=True)
+    lap("pdp_ale")
+    return BoostingFit(booster=booster, importance=importance, deviance=deviance, pdp=pdp, ale=ale, shap=shap_frame,
+                       shap_expected=expected, fitted=fitted)
+
+
+def spatial_checks(design: "Design", arrays: _DesignArrays, spec: ModelSpec, penalized: PenalizedFit,
+                   boosting: BoostingFit | None, weights=None, lap=lambda name: None) -> SpatialFit:
+    """Stage 4 (module doc): Pearson residuals of the GLM (and of boosting), Moran's I, LISA."""
+    from pumamed.epi import spatial
+
+    frame, family = design.frame, design.family
+    y, trials = arrays.y, arrays.trials
+    permutations = spec.diagnostics.permutations
+    if weights is None:
+        weights = spatial.municipal_weights(frame["CVEGEO"].tolist(), spec.outcome.data_dir)
+    lap("weights")
+    resid = spatial.pearson_residuals(y, penalized.fitted, family, penalized.dispersion, trials)
+    residuals = pd.DataFrame({"CVEGEO": frame["CVEGEO"], "observed": y, "fitted_glm": penalized.fitted,
+                              "pearson_glm": resid})
+    moran = spatial.morans_i(resid, weights, permutations, spec.seed).to_dict()
+    moran_boosting = None
+    if boosting is not None:
+        resid_b = spatial.pearson_residuals(y, boosting.fitted, "binomial" if family == "binomial" else "poisson",
+                                            0.0, trials)
+        residuals["fitted_boosting"] = boosting.fitted
+        residuals["pearson_boosting"] = resid_b
+        moran_boosting = spatial.morans_i(resid_b, weights, permutations, spec.seed).to_dict()
+    lisa = spatial.lisa_clusters(resid, weights, permutations, seed=spec.seed)
+    lap("spatial")
+    return SpatialFit(residuals=residuals, moran=moran, moran_boosting=moran_boosting, lisa=lisa)
 
 
 def _recovery(truth: pd.DataFrame, ratio_table: pd.DataFrame, covariates, family) -> pd.DataFrame:
@@ -612,4 +794,4 @@ def result_json(result: ModelResult) -> dict:
 
 def user_table_spec(path: str | Path, **kwargs) -> ModelSpec:
     """A :class:`ModelSpec` for a user's CSV at ``path``."""
-    return ModelSpec(outcome="table", table_path=str(path), table_name=Path(path).name, **kwargs)
+    return ModelSpec.of(outcome="table", table_path=str(path), table_name=Path(path).name, **kwargs)

@@ -45,7 +45,7 @@ def run(args) -> int:
     from pumamed.epi import penalized as pen
     from pumamed.epi.modeling import ModelSpec, build_design, run_models
 
-    spec = ModelSpec(outcome=args.outcome, data_dir=args.data_dir)
+    spec = ModelSpec.of(outcome=args.outcome, data_dir=args.data_dir)
     t0 = time.perf_counter()
     cold_result = run_models(spec)
     cold = time.perf_counter() - t0
@@ -55,7 +55,7 @@ def run(args) -> int:
         # A different seed each time: new folds and resamples, so nothing is served from a cache
         # except what the page also keeps (panel, spatial weights, compiled kernels).
         t0, c0 = time.perf_counter(), time.process_time()
-        result = run_models(ModelSpec(outcome=args.outcome, data_dir=args.data_dir, seed=k + 1))
+        result = run_models(ModelSpec.of(outcome=args.outcome, data_dir=args.data_dir, seed=k + 1))
         warm.append(time.perf_counter() - t0)
         # CPU seconds of this process: the pipeline runs on one thread (one BLAS thread, LightGBM
         # n_jobs=1), so on a shared, oversubscribed machine this is what an idle core would take.
