@@ -68,7 +68,7 @@ def register(subparsers) -> None:
                    help="share of training images decoded without their detail code, so the global code alone "
                         "must still draw the image")
     p.add_argument("--detail-beta", type=float, default=1.0, help="weight of the detail code's KL term")
-    p.add_argument("--detail-swap", type=float, default=0.0, metavar="WEIGHT",
+    p.add_argument("--detail-swap", dest="detail_swap_weight", type=float, default=0.0, metavar="WEIGHT",
                    help="hierarchical models: decode each global code with another image's detail code too, and "
                         "train the classifier on that picture to name the global code's class (so the decision, "
                         "and a counterfactual, follow the global code); e.g. 50")
@@ -93,28 +93,21 @@ def run_train(args) -> int:
 
     from pumamed.errors import InputError
     from pumamed.net.pipeline import RunSpec, run
-    from pumamed.net.train import TrainConfig, is_main_process
+    from pumamed.net.distributed import is_main_process
+    from pumamed.net.train import TrainConfig
 
     names = [n.strip() for n in args.dataset.split(",") if n.strip()]
     try:
         widths = tuple(int(w) for w in args.widths.split(",")) if args.widths is not None else (16, 32, 64, 128)
     except ValueError as exc:
         raise InputError(f"--widths must be comma-separated integers, got {args.widths!r}") from exc
-    if args.epochs < 1:
-        raise InputError("--epochs must be at least 1")
-    if not 0.0 <= args.distill_weight <= 1.0 or args.distill_temperature <= 0:
-        raise InputError("--distill-weight must be in [0, 1] and --distill-temperature positive")
-    if not (args.ema == 0.0 or 0.0 < args.ema < 1.0):
-        raise InputError(f"--ema must be 0 (off) or a decay between 0 and 1, e.g. 0.99; got {args.ema}")
-    if args.detail_beta < 0 or args.ssim_weight < 0 or args.detail_swap < 0:
-        raise InputError("--detail-beta, --detail-swap and --ssim-weight must not be negative")
     workers = args.workers if args.workers is not None else (8 if torch.cuda.is_available() else 0)
     train_cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, beta=args.beta,
         kl_warmup=args.kl_warmup, capacity=args.capacity, aux_weight=args.aux_weight, cls_weight=args.cls_weight,
         augment=not args.no_augment, denoise=not args.no_denoise, augment_on=args.augment_on, seed=args.seed,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature, ema=args.ema,
-        detail_beta=args.detail_beta, ssim_weight=args.ssim_weight, detail_swap_weight=args.detail_swap,
+        detail_beta=args.detail_beta, ssim_weight=args.ssim_weight, detail_swap_weight=args.detail_swap_weight,
         num_workers=workers,
         channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, max_steps_per_epoch=args.max_steps_per_epoch,
         keep_resume_state=args.keep_state, progress=not args.quiet)

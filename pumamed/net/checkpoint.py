@@ -365,6 +365,31 @@ def load_training_state(folder, optimizer: torch.optim.Optimizer, scheduler=None
     return _restore_optimizer(optimizer, tensors, payload, folder, scheduler, scaler)
 
 
+# --- what a training epoch writes ----------------------------------------------------------------
+def save_epoch(out_dir: Path, model: torch.nn.Module, config: dict, metrics: dict, card: str | None) -> None:
+    """A training epoch's checkpoint: the whole folder (weights, config, metrics, model card) when
+    the model improved (``card`` given), else ``metrics.json`` alone, which keeps it in step with
+    the history while the best weights stay."""
+    if card is not None:
+        save_checkpoint(out_dir, model, config, metrics, card)
+    else:
+        atomic_write_json(Path(out_dir) / METRICS_FILE, metrics)
+
+
+def read_metrics(folder: Path, *, strict: bool = False) -> dict:
+    """``metrics.json`` of a checkpoint folder; ``{}`` when there is none, or (unless ``strict``)
+    when it cannot be read."""
+    path = Path(folder) / METRICS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        if strict:
+            raise
+        return {}
+
+
 # --- weight-map snapshots (written by training, read by the explorer) ---------------------------
 WEIGHT_MAPS_FILE = "weight_maps.safetensors"
 

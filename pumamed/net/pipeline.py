@@ -314,7 +314,7 @@ def run(spec: RunSpec, log=print) -> dict:
 
     metrics = fit(model, train, val, spec.train, spec.out, resume=spec.resume, device=device, meta=meta,
                   card_fn=card_fn, teacher=teacher, log=log)
-    from pumamed.net.train import is_main_process
+    from pumamed.net.distributed import is_main_process
 
     if not is_main_process():
         return metrics

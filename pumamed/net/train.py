@@ -7,7 +7,10 @@
   in ``out/``, the last state (weights + optimizer moments + history) in one file,
   ``out/resume/resume_state.safetensors``;
 * optionally (``ema`` > 0) an exponential moving average of the weights, which is what is
-  validated and saved (:class:`WeightAverage`);
+  validated and saved (:class:`pumamed.net.averaging.WeightAverage`);
+* the loop's concerns live beside it: what an epoch writes in :mod:`pumamed.net.checkpoint`
+  (``save_epoch``, the weight maps), the process group in :mod:`pumamed.net.distributed`, the
+  progress bar and epoch line in :mod:`pumamed.net.progress`;
 * the step itself in :mod:`pumamed.net.step`: statistics summed on the device, and on one CUDA
   device the whole step replayed from a CUDA graph;
 * mixed precision on CUDA (``pumamed.config.autocast``; a GradScaler when that means fp16),
@@ -16,24 +19,23 @@
 
 from __future__ import annotations
 
-import copy
-import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from pumamed.errors import CheckpointError, InputError
 from pumamed.net import checkpoint as ckpt
+from pumamed.net.averaging import WeightAverage
 from pumamed.net.checkpoint import WEIGHT_MAPS_FILE, load_weight_maps, save_weight_maps  # noqa: F401
+from pumamed.net.distributed import barrier, distributed_setup, is_main_process  # noqa: F401 - re-exported
 from pumamed.net.data import ArrayData, DenoisingDataset
 from pumamed.net.image_quality import ssim
+from pumamed.net.progress import EpochBar, epoch_summary
 from pumamed.net.losses import (
     classification_loss,
     distillation_loss,
@@ -45,6 +47,7 @@ from pumamed.net.losses import (
 )
 
 RESUME_DIR = "resume"
+AUGMENT_PLACES = ("auto", "loader", "device")
 
 
 @dataclass
@@ -91,6 +94,19 @@ class TrainConfig:
     keep_resume_state: bool = False  # keep out/resume after a finished run
     progress: bool = True
 
+    def __post_init__(self):
+        """A setting no run can use is refused here, naming the parameter (the CLI shows its flag)."""
+        if self.epochs < 1:
+            raise InputError("`epochs` must be at least 1")
+        if not 0.0 <= self.distill_weight <= 1.0 or self.distill_temperature <= 0:
+            raise InputError("`distill_weight` must be in [0, 1] and `distill_temperature` positive")
+        if not (self.ema == 0.0 or 0.0 < self.ema < 1.0):
+            raise InputError(f"`ema` must be 0 (off) or a decay between 0 and 1, e.g. 0.99; got {self.ema}")
+        if self.detail_beta < 0 or self.ssim_weight < 0 or self.detail_swap_weight < 0:
+            raise InputError("`detail_beta`, `detail_swap_weight` and `ssim_weight` must not be negative")
+        if self.augment_on not in AUGMENT_PLACES:
+            raise InputError(f"`augment_on` must be one of {', '.join(AUGMENT_PLACES)}, got {self.augment_on!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -98,79 +114,6 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
-
-
-# --- distributed --------------------------------------------------------------------------------
-def distributed_setup() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank); initialises the process group when launched by torchrun."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1, 0
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _barrier():
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-
-
-# --- weight average -----------------------------------------------------------------------------
-class WeightAverage(nn.Module):
-    """Exponential moving average of a model's weights (parameters and floating-point buffers,
-    such as batch-norm statistics), updated after every optimizer step.
-
-    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates, so the average is not
-    dominated by the initial weights in a short fine-tuning run. Not
-    ``torch.optim.swa_utils.AveragedModel``: that one reads its update counter from the device
-    every step, a synchronisation that would stall a CUDA-graph training loop."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        super().__init__()
-        if not 0.0 < decay < 1.0:
-            raise InputError(f"the weight-average decay must be in (0, 1), got {decay}")
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-        self.updates = 0  # Python-side, so no step waits for the device
-        self._pairs = None  # (model, averaged, current, exact), gathered once: the step is a hot path
-
-    def current_decay(self) -> float:
-        return min(self.decay, (1 + self.updates) / (10 + self.updates))
-
-    def _tensor_pairs(self, model: nn.Module):
-        # the optimizer and load_state_dict update tensors in place, so the lists stay valid
-        if self._pairs is None or self._pairs[0] is not model:
-            averaged, current, exact = [], [], []
-            for mine, theirs in zip([*self.module.parameters(), *self.module.buffers()],
-                                    [*model.parameters(), *model.buffers()], strict=True):
-                if mine.is_floating_point():
-                    averaged.append(mine)
-                    current.append(theirs.detach())
-                else:
-                    exact.append((mine, theirs))  # counters such as num_batches_tracked
-            self._pairs = (model, averaged, current, exact)
-        return self._pairs[1:]
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        averaged, current, exact = self._tensor_pairs(model)
-        if averaged:
-            torch._foreach_lerp_(averaged, current, 1.0 - self.current_decay())
-        for mine, theirs in exact:
-            mine.copy_(theirs)
-        self.updates += 1
 
 
 # --- objective ----------------------------------------------------------------------------------
@@ -402,13 +345,8 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
                            clip_norm=clip_norm_for(train.size), log=log)
 
     main = rank == 0
-    final_metrics: dict = {}
-    if resume and (out_dir / ckpt.METRICS_FILE).is_file():
-        # the best epoch's validation metrics, in case no resumed epoch beats it
-        try:
-            final_metrics = json.loads((out_dir / ckpt.METRICS_FILE).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            final_metrics = {}
+    # the best epoch's validation metrics, in case no resumed epoch beats it
+    final_metrics: dict = ckpt.read_metrics(out_dir) if resume else {}
     for epoch in range(start_epoch, cfg.epochs):
         seed_everything(cfg.seed + 1000 * (epoch + 1))
         if world > 1:
@@ -429,12 +367,7 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
                                 generator=torch.Generator().manual_seed(cfg.seed + epoch))
         model.train()
         n_batches, n_images, t0 = 0, 0, time.time()
-        bar = None
-        if main and cfg.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                       mininterval=2.0, dynamic_ncols=True)
+        bar = EpochBar(main and cfg.progress, steps_per_epoch, epoch, cfg.epochs)
         for step_in_epoch, (source, target, label, did) in enumerate(loader):
             if step_in_epoch >= steps_per_epoch:
                 break
@@ -452,12 +385,8 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
             global_step += 1
             n_batches += 1
             n_images += len(source) * world
-            if bar is not None:
-                bar.update(1)
-                if n_batches % 10 == 0:
-                    bar.set_postfix(beta=f"{beta_t:.2f}")
-        if bar is not None:
-            bar.close()
+            bar.step(beta_t)
+        bar.close()
         means = train_step.epoch_stats()  # the epoch's only wait for the device
         elapsed = time.time() - t0
         kl_dims_mean = means.pop("kl_dims", None)
@@ -474,7 +403,7 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
             improved = val_metrics.get("score", -math.inf) > best_score or best_epoch < 0
             if improved:
                 best_score, best_epoch = val_metrics.get("score", -math.inf), epoch + 1
-            summary = _epoch_summary(record)
+            summary = epoch_summary(record)
             log(summary + (" *" if improved else ""))
             final_metrics = _collect_metrics(history, best_epoch, val_metrics if improved else None,
                                              final_metrics)
@@ -484,29 +413,24 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
                                                    "augmented_on": "device" if batch_augment is not None else "loader"}}
             if kl_dims is not None:
                 config["kl_per_dim"] = kl_dims
+            card = (card_fn(final_metrics, config) if card_fn else "") if improved else None
+            ckpt.save_epoch(out_dir, evaluated, config, final_metrics, card)
             if improved:
-                card = card_fn(final_metrics, config) if card_fn else ""
-                ckpt.save_checkpoint(out_dir, evaluated, config, final_metrics, card)
                 weights_now = weight_map_snapshot(evaluated, reference, device)
                 save_weight_maps(out_dir, reference, weights_before, weights_now, before_label,
                                  f"epoch {epoch + 1}")
-            else:
-                # keep metrics.json in step with the history even when the weights stay
-                ckpt.atomic_write_json(out_dir / ckpt.METRICS_FILE, final_metrics)
             ckpt.save_resume_state(resume_dir, model, optimizer, {
                 "epoch": epoch, "global_step": global_step, "best_score": best_score, "best_epoch": best_epoch,
                 "history": history, "weights_before": weights_before.tolist() if weights_before.numel() else None,
                 "averaged_updates": averaged.updates if averaged is not None else None,
             }, scaler=scaler, averaged=averaged.module if averaged is not None else None)
-        _barrier()
+        barrier()
     if main and not cfg.keep_resume_state and resume_dir.exists() and len(history) >= cfg.epochs:
         shutil.rmtree(resume_dir, ignore_errors=True)
-    if main and not final_metrics and (out_dir / ckpt.METRICS_FILE).is_file():
-        final_metrics = json.loads((out_dir / ckpt.METRICS_FILE).read_text())
+    if main and not final_metrics:
+        final_metrics = ckpt.read_metrics(out_dir, strict=True)
     return final_metrics
 
-
-AUGMENT_PLACES = ("auto", "loader", "device")
 
 
 def augment_on_device(place: str, device) -> bool:
@@ -565,20 +489,3 @@ def _collect_metrics(history, best_epoch, best_val, previous) -> dict:
         out["val"] = best_val
     out["train_seconds"] = round(sum(h["seconds"] for h in history), 1)
     return out
-
-
-def _epoch_summary(record: dict) -> str:
-    parts = [f"epoch {record['epoch']}", f"loss {record.get('loss', float('nan')):.3f}"]
-    for key in ("recon", "kl", "kl_detail", "cls", "detail_swap", "distill", "aux"):
-        if key in record:
-            parts.append(f"{key} {record[key]:.3f}")
-    if "kl_per_dim" in record:
-        dims = np.asarray(record["kl_per_dim"])
-        parts.append(f"active dims {(dims > 0.01).sum()}/{len(dims)}")
-    val = record.get("val") or {}
-    if (val.get("auc") or {}).get("macro") is not None:
-        parts.append(f"val auc {val['auc']['macro']:.4f}")
-    if "recon_mse" in val:
-        parts.append(f"val mse {val['recon_mse']:.5f}")
-    parts.append(f"{record['images_per_s']:.0f} img/s")
-    return " | ".join(parts)
