@@ -190,3 +190,20 @@ def test_detail_options_are_checked(tmp_path, capsys):
         PumaMedNetConfig(image_size=64, detail_channels=4, detail_resolution=16, decoder="upsample")
     assert main(["train", "--dataset", "breastmnist", "--ssim-weight", "-1", "--out", str(tmp_path / "x")]) == 2
     assert "must not be negative" in capsys.readouterr().err
+
+
+def test_the_swap_loss_reads_pictures_with_the_classifier_held():
+    """The decoder is trained to draw evidence the reader finds on real images: the gradient of
+    the swap loss reaches the pictures, never the encoder or the head."""
+    from pumamed.net.model import PumaMedNet, PumaMedNetConfig
+    from pumamed.net.train import frozen_reader_logits
+
+    torch.manual_seed(0)
+    model = PumaMedNet(PumaMedNetConfig(image_size=32, latent_dim=8, widths=(8, 16, 32), detail_channels=2,
+                                        detail_resolution=8, num_classes=3))
+    pictures = torch.rand(2, 1, 32, 32, requires_grad=True)
+    logits = frozen_reader_logits(model, pictures)
+    torch.testing.assert_close(logits, model.classifier(model.encode(pictures)[0]))  # the same reader
+    logits.sum().backward()
+    assert float(pictures.grad.abs().sum()) > 0
+    assert all(p.grad is None for p in [*model.encoder.parameters(), *model.classifier.parameters()])

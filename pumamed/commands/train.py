@@ -70,8 +70,8 @@ def register(subparsers) -> None:
     p.add_argument("--detail-beta", type=float, default=1.0, help="weight of the detail code's KL term")
     p.add_argument("--detail-swap", dest="detail_swap_weight", type=float, default=0.0, metavar="WEIGHT",
                    help="hierarchical models: decode each global code with another image's detail code too, and "
-                        "train the classifier on that picture to name the global code's class (so the decision, "
-                        "and a counterfactual, follow the global code); e.g. 50")
+                        "train the decoder so that the classifier (weights held) names the global code's class on "
+                        "that picture (so the evidence, and a counterfactual, follow the global code); e.g. 50")
     p.add_argument("--ssim-weight", type=float, default=0.0,
                    help="weight of a (1 - SSIM) structure term beside the weighted squared error (e.g. 0.1)")
     p.add_argument("--out", help="output checkpoint folder (default: runs/<datasets>_<arch>)")

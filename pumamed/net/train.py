@@ -165,7 +165,7 @@ class TrainingObjective(nn.Module):
             drawn = model.reparameterize(detail_mu, detail_logvar) if cfg.sample_latent else detail_mu
             # the next image's detail (a fixed roll, so shapes never depend on the data)
             swapped = model.decode(z, torch.roll(drawn, shifts=1, dims=0))
-            swap_term = classification_loss(model.classifier(model.encode(swapped)[0]), label, self.task)
+            swap_term = classification_loss(frozen_reader_logits(model, swapped), label, self.task)
             stats["detail_swap"] = swap_term.detach()
         weights, weight_net_loss = weight_map(model, target, recon)
         rec = weighted_reconstruction(recon, target, weights)
@@ -198,6 +198,21 @@ class TrainingObjective(nn.Module):
             loss = loss + cfg.aux_weight * aux
             stats["aux"] = aux.detach()
         return loss, stats
+
+
+def frozen_reader_logits(model, images: torch.Tensor) -> torch.Tensor:
+    """The classifier's logits for decoded ``images`` through the encoder and head with their
+    weights held: the gradient reaches the pictures (the decoder, the codes), never the reader.
+    The reader stays a classifier of real images, so the decoder must draw the evidence it reads
+    on real images; with a reader trained on its own pictures, the two co-adapt to cues a second
+    classifier does not see (measured: 95 % of the model's decisions changed, 20 % of a judge's)."""
+    from torch.func import functional_call
+
+    def held(module):
+        return {name: tensor.detach() for name, tensor in module.named_parameters()}
+
+    mu = functional_call(model.encoder, held(model.encoder), (images,))[0]
+    return functional_call(model.classifier, held(model.classifier), (mu,))
 
 
 def drop_detail(detail: torch.Tensor, rate: float) -> torch.Tensor:
