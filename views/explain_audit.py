@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from views._frame import (
+    checkpoint_stamp,
     controls,
     data_dir,
     guarded,
@@ -154,6 +155,24 @@ def _shortcut(rate: float, epochs: int, max_train: int, marker_size: int, seed: 
     result = run_shortcut_experiment(ShortcutConfig(rate=rate, epochs=epochs, max_train=max_train,
                                                     marker_size=marker_size, seed=seed))
     return result.to_dict(), result.examples
+
+
+@st.cache_resource
+def _stamps_seen() -> dict:
+    """The modification time under which each checkpoint's results were cached (one per process)."""
+    return {}
+
+
+def _forget_results_of_older_weights(model_path: str) -> None:
+    """The results above are cached under the checkpoint's path; when the checkpoint changes on
+    disk (retrained, recalibrated) they belong to other weights and are dropped."""
+    stamp = checkpoint_stamp(model_path)
+    seen = _stamps_seen()
+    if seen.get(model_path, stamp) != stamp:
+        for cached in (_codes, _counterfactual, _trust_verdict, _pixel_maps, _attributions, _audit, _mi_matrix,
+                       _disentanglement):
+            cached.clear()
+    seen[model_path] = stamp
 
 
 def _task(loaded, dataset: str):
@@ -341,6 +360,7 @@ with controls("Model and data"):
                 modality_warning = modality_mismatch_warning(model_name, choice.modality, dataset)
             split = st.selectbox("Split", ["test", "val", "train"], key="ea_split")
             selection = {"model": model_path, "dataset": dataset, "split": split}
+            _forget_results_of_older_weights(model_path)
     else:
         st.caption("No PumaMedNet checkpoint found.")
 
