@@ -279,8 +279,6 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
     ``meta`` goes into config.json (data, splits, init...); ``card_fn(metrics) -> str`` writes
     the model card; ``teacher``: a trained classifier to distil from (``TrainConfig.distill_*``).
     Returns the final metrics dict (as in metrics.json)."""
-    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
-
     from pumamed.config import select_device, seed_everything
     from pumamed.net.step import TrainStep, clip_norm_for, graphs_supported, make_capturable, make_optimizer, set_learning_rate
 
@@ -316,7 +314,7 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
 
     corrupt = cfg.denoise and hasattr(model, "decode")
     dataset = DenoisingDataset(train, augment=cfg.augment, denoise=corrupt)
-    batch_augment = None
+    batch_augment, source_images = None, None
     if augment_on_device(cfg.augment_on, device):
         from pumamed.net.augment import BatchAugment
 
@@ -364,22 +362,7 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
     final_metrics: dict = ckpt.read_metrics(out_dir) if resume else {}
     for epoch in range(start_epoch, cfg.epochs):
         seed_everything(cfg.seed + 1000 * (epoch + 1))
-        if world > 1:
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=cfg.shuffle, seed=cfg.seed)
-            sampler.set_epoch(epoch)
-        elif cfg.shuffle:
-            sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        else:
-            sampler = SequentialSampler(dataset)
-        if batch_augment is not None:
-            batch_augment.reseed(cfg.seed + 1000 * (epoch + 1) + rank)
-            loader = device_batches(train, source_images, BatchSampler(sampler, cfg.batch_size, drop_last=False),
-                                    batch_augment)
-        else:
-            loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                                pin_memory=device.type == "cuda", drop_last=False,
-                                persistent_workers=False,
-                                generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        loader = epoch_batches(dataset, train, cfg, epoch, world, rank, device, batch_augment, source_images)
         model.train()
         n_batches, n_images, t0 = 0, 0, time.time()
         bar = EpochBar(main and cfg.progress, steps_per_epoch, epoch, cfg.epochs)
@@ -422,12 +405,8 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
             log(summary + (" *" if improved else ""))
             final_metrics = _collect_metrics(history, best_epoch, val_metrics if improved else None,
                                              final_metrics)
-            kl_dims = record.get("kl_per_dim")
-            config = {**(meta or {}), "training": {**cfg.to_dict(), "epochs_done": epoch + 1, "best_epoch": best_epoch,
-                                                   "world_size": world, "device": _device_label(device),
-                                                   "augmented_on": "device" if batch_augment is not None else "loader"}}
-            if kl_dims is not None:
-                config["kl_per_dim"] = kl_dims
+            config = _run_config(meta, cfg, epoch, best_epoch, world, device, batch_augment is not None,
+                                 record.get("kl_per_dim"))
             card = (card_fn(final_metrics, config) if card_fn else "") if improved else None
             ckpt.save_epoch(out_dir, evaluated, config, final_metrics, card)
             if improved:
@@ -446,6 +425,40 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
         final_metrics = ckpt.read_metrics(out_dir, strict=True)
     return final_metrics
 
+
+
+def epoch_batches(dataset: DenoisingDataset, train: ArrayData, cfg: TrainConfig, epoch: int, world: int, rank: int,
+                  device, batch_augment=None, source_images: torch.Tensor | None = None):
+    """One epoch's ``(source, target, label, dataset_id)`` batches, in a seeded order (a
+    distributed sampler under DDP, else shuffled or sequential): gathered and augmented on the
+    device when ``batch_augment`` is given, else from a DataLoader over ``dataset``."""
+    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+
+    if world > 1:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=cfg.shuffle, seed=cfg.seed)
+        sampler.set_epoch(epoch)
+    elif cfg.shuffle:
+        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(cfg.seed + epoch))
+    else:
+        sampler = SequentialSampler(dataset)
+    if batch_augment is not None:
+        batch_augment.reseed(cfg.seed + 1000 * (epoch + 1) + rank)
+        return device_batches(train, source_images, BatchSampler(sampler, cfg.batch_size, drop_last=False),
+                              batch_augment)
+    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                      pin_memory=torch.device(device).type == "cuda", drop_last=False, persistent_workers=False,
+                      generator=torch.Generator().manual_seed(cfg.seed + epoch))
+
+
+def _run_config(meta: dict | None, cfg: TrainConfig, epoch: int, best_epoch: int, world: int, device,
+                augmented_on_device: bool, kl_dims) -> dict:
+    """config.json of the checkpoint an epoch writes: ``meta`` (data, init...) and the training."""
+    config = {**(meta or {}), "training": {**cfg.to_dict(), "epochs_done": epoch + 1, "best_epoch": best_epoch,
+                                           "world_size": world, "device": _device_label(device),
+                                           "augmented_on": "device" if augmented_on_device else "loader"}}
+    if kl_dims is not None:
+        config["kl_per_dim"] = kl_dims
+    return config
 
 
 def augment_on_device(place: str, device) -> bool:
