@@ -122,7 +122,7 @@ def run_train(args) -> int:
                    init=Path(args.init) if args.init else None, teacher=teachers,
                    resume=args.resume, data_dir=args.data_dir,
                    report_test=not args.no_test, calibrate=not args.no_calibrate, train=train_cfg)
-    metrics = run(spec)
+    metrics = run(spec, log=print)
     if is_main_process():
         summary = {"out": str(out), "best_epoch": metrics.get("best_epoch"),
                    "val_auc": ((metrics.get("val") or {}).get("auc") or {}).get("macro"),

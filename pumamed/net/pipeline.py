@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from pumamed.net import checkpoint as ckpt
 from pumamed.net.card import make_card
 from pumamed.net.data import ArrayData, load_arrays
 from pumamed.net.train import TrainConfig, fit
+
+_LOG = logging.getLogger(__name__)  # where messages go when no `log` is given
 
 
 @dataclass
@@ -225,10 +228,11 @@ def build_model(spec: RunSpec, train: ArrayData):
     return PumaMedNet(cfg)
 
 
-def run(spec: RunSpec, log=print) -> dict:
+def run(spec: RunSpec, log=None) -> dict:
     from pumamed.config import select_device
     from pumamed.net.metrics import batched_outputs, classification_metrics, model_cost
 
+    log = log or _LOG.info
     names = _check_names(spec.datasets)
     spec.out = Path(spec.out)
     log(f"loading {', '.join(names)} at {spec.size} px ...")

@@ -20,11 +20,14 @@ fails, training continues eagerly and says so once.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
+
+_LOG = logging.getLogger(__name__)  # where messages go when no `log` is given
 
 
 class CudaGraphStep:
@@ -33,11 +36,11 @@ class CudaGraphStep:
     inputs and long-lived tensors (parameters, optimiser state) and must not synchronise."""
 
     def __init__(self, body: Callable, warmup: int = 3, before_capture: Callable | None = None,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] | None = None):
         self.body = body
         self.warmup = max(1, warmup)
         self.before_capture = before_capture
-        self.log = log
+        self.log = log or _LOG.info
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: list[torch.Tensor] | None = None
         self.failed = False
@@ -144,7 +147,7 @@ class TrainStep:
 
     def __init__(self, runner: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, device,
                  *, scaler=None, clip_norm: float | None = None, graph: bool = False, world_size: int = 1,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] | None = None):
         self.runner, self.model, self.optimizer = runner, model, optimizer
         self.device = torch.device(device)
         self.scaler = scaler

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -45,6 +46,8 @@ from pumamed.net.losses import (
     weight_map,
     weighted_reconstruction,
 )
+
+_LOG = logging.getLogger(__name__)  # where messages go when no `log` is given
 
 RESUME_DIR = "resume"
 AUGMENT_PLACES = ("auto", "loader", "device")
@@ -273,7 +276,7 @@ def weight_map_snapshot(model, images_uint8: torch.Tensor, device) -> torch.Tens
 # --- the loop -----------------------------------------------------------------------------------
 def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainConfig, out_dir,
         *, resume: bool = False, device=None, meta: dict | None = None, card_fn=None,
-        teacher: nn.Module | None = None, log=print) -> dict:
+        teacher: nn.Module | None = None, log=None) -> dict:
     """Train ``model`` on ``train``, select on ``val``, checkpoint into ``out_dir`` every epoch.
 
     ``meta`` goes into config.json (data, splits, init...); ``card_fn(metrics) -> str`` writes
@@ -281,6 +284,8 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
     Returns the final metrics dict (as in metrics.json)."""
     from pumamed.config import select_device, seed_everything
     from pumamed.net.step import TrainStep, clip_norm_for, graphs_supported, make_capturable, make_optimizer, set_learning_rate
+
+    log = log or _LOG.info
 
     out_dir = Path(out_dir)
     resume_dir = out_dir / RESUME_DIR
