@@ -151,3 +151,14 @@ def test_station_series_keep_complete_days_and_date_months_mid_month(epi_root):
     wide = exposure_by_pollutant(pd.DataFrame({"CVEGEO": ["01001", "01001"], "year": [2020, 2020],
                                                "pollutant": ["pm25", "o3"], "value": [10.0, 30.0]}))
     assert wide.loc[0, "pm25"] == 10.0 and wide.loc[0, "o3"] == 30.0
+
+
+def test_comparable_pollutants_need_values_and_the_common_set_is_measured_together():
+    from pumamed.epi.pollutants import comparable_pollutants
+
+    n = 40
+    wide = pd.DataFrame({"pm25": np.arange(n, dtype=float), "o3": np.r_[np.arange(30.0), [np.nan] * 10],
+                         "so2": np.r_[np.arange(12.0), [np.nan] * 28], "co": np.r_[np.arange(5.0), [np.nan] * 35]})
+    columns, common = comparable_pollutants(wide)
+    assert set(columns) == {"pm25", "o3", "so2"}  # co has fewer than 10 values
+    assert set(common) == {"pm25", "o3"}  # so2 is measured in 30 % of the rows, under half of pm25's 100 %

@@ -13,7 +13,7 @@ from pumamed.epi.factors import correlation_table, vif_table
 from pumamed.epi.geometry import MUNICIPALITY_RDATA, N_MUNICIPALITIES
 from pumamed.epi.io import epi_dir
 from pumamed.epi.mapping import municipal_choropleth, station_map
-from pumamed.epi.pollutants import POLLUTANTS, RAMA_DIR, SINAICA_DIR, has_rama_hourly
+from pumamed.epi.pollutants import POLLUTANTS, RAMA_DIR, SINAICA_DIR, comparable_pollutants, has_rama_hourly
 
 STATIONS_FILE = "epi/sinaica_stations_monthly/stations_sinaica_rsinaica.csv"
 SERIES_COLOURS = ("#440154", "#31688e", "#35b779", "#fde725", "#b5367a", "#e55c30", "#21918c", "#90d743")
@@ -218,7 +218,7 @@ with guarded("Loading the air-quality data"):
         wide = _exposure_wide(str(root))
         if level != "municipality-years":
             wide = wide[wide["year"] == year]
-        columns = [k for k in POLLUTANTS if k in wide.columns and wide[k].notna().sum() >= 10]
+        columns, common = comparable_pollutants(wide)
         if len(columns) < 2:
             st.info("Fewer than two pollutants have exposure values here.", icon=":material/info:")
         else:
@@ -227,7 +227,6 @@ with guarded("Loading the air-quality data"):
             c2.plotly_chart(style_figure(_correlation_figure(corr, n, labels), base_height=460), width="stretch",
                             key="pol_correlation")
             # VIF over the pollutants measured together most often (the national network's set).
-            common = [k for k in columns if wide[k].notna().mean() >= 0.5 * wide[columns].notna().mean().max()]
             with guarded("Variance inflation"):
                 if len(common) >= 2:
                     vif = vif_table(wide[common]).assign(variable=lambda t: t["variable"].map(labels))

@@ -568,6 +568,18 @@ def exposure_by_pollutant(exposure: pd.DataFrame) -> pd.DataFrame:
     return exposure.pivot_table(index=["CVEGEO", "year"], columns="pollutant", values="value").reset_index()
 
 
+def comparable_pollutants(wide: pd.DataFrame, min_values: int = 10) -> tuple[list[str], list[str]]:
+    """Which pollutants of a table with one column per pollutant (:func:`exposure_by_pollutant`)
+    can be compared: those with at least ``min_values`` values (for pairwise correlations), and
+    among them the set measured together most often (each at least half as often as the most
+    measured one: the national network's set), for variance inflation on complete rows."""
+    columns = [k for k in POLLUTANTS if k in wide.columns and wide[k].notna().sum() >= min_values]
+    if not columns:
+        return [], []
+    coverage = wide[columns].notna().mean()
+    return columns, [k for k in columns if coverage[k] >= 0.5 * coverage.max()]
+
+
 def station_series(data_dir=None, pollutant: str = "pm25", network: str = "rama",
                    resolution: str = "daily") -> pd.DataFrame:
     """One pollutant's time series per station, ``station_key, time, value``.
