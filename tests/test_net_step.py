@@ -59,7 +59,9 @@ def test_masked_mix_loss_equals_row_selection(present):
 
 
 @pytest.fixture(scope="module")
-def real_images(imaging_root) -> ArrayData:
+def step_images(imaging_root) -> ArrayData:
+    """24 BreastMNIST training images at 32 px (this module's own set; conftest's ``real_images``
+    holds 32)."""
     return load_arrays(["breastmnist"], "train", 32).subset(24, seed=0)
 
 
@@ -70,16 +72,16 @@ def _tiny(data: ArrayData, **overrides) -> PumaMedNet:
     return PumaMedNet(PumaMedNetConfig(**cfg))
 
 
-def test_device_side_statistics_equal_per_step_values(real_images):
+def test_device_side_statistics_equal_per_step_values(step_images):
     """The epoch means that ``TrainStep`` reads once equal what reading every step gives."""
     cfg = TrainConfig(beta=2.0, sample_latent=False)
-    model = _tiny(real_images)
+    model = _tiny(step_images)
     twin = copy.deepcopy(model)
-    x = real_images.images.float() / 255
-    y = real_images.labels
-    step = TrainStep(TrainingObjective(model, cfg, real_images), model, torch.optim.AdamW(model.parameters(), 1e-3),
+    x = step_images.images.float() / 255
+    y = step_images.labels
+    step = TrainStep(TrainingObjective(model, cfg, step_images), model, torch.optim.AdamW(model.parameters(), 1e-3),
                      "cpu", clip_norm=10.0)
-    objective = TrainingObjective(twin, cfg, real_images)
+    objective = TrainingObjective(twin, cfg, step_images)
     optimizer = torch.optim.AdamW(twin.parameters(), 1e-3)
     per_step: dict[str, list] = {}
     for i in range(0, 24, 8):
