@@ -58,6 +58,10 @@ def make_card(config: dict, metrics: dict) -> str:
                          f"(KL weight {training.get('detail_beta')}; dropped for {model.get('detail_dropout')} of the "
                          f"training images, so the global code alone must draw them); explanations edit the global "
                          f"code and hold the detail code")
+            if training.get("detail_swap_weight"):
+                lines.append(f"- detail swap (weight {training['detail_swap_weight']}): each global code is also drawn "
+                             f"with another image's detail code, and the classifier, weights held, must still name "
+                             f"the global code's class on that picture")
         if training.get("ssim_weight"):
             lines.append(f"- reconstruction loss: weighted squared error + {training['ssim_weight']} x pixels x "
                          f"(1 - SSIM)")
