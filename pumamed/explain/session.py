@@ -13,6 +13,7 @@ says so); codes are ``N x D``.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -199,8 +200,6 @@ class ExplorerSession:
             if detail.shape != expected or not np.isfinite(detail).all():
                 raise InputError(f"the detail code must be a finite {expected} array (got shape {detail.shape})")
             detail_tensor = torch.from_numpy(detail).to(self.device)[None]
-            import hashlib
-
             detail_key = hashlib.blake2b(detail.tobytes(), digest_size=16).digest()
         keys = [row.tobytes() + detail_key for row in array]
         with self._lock:
