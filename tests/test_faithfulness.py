@@ -113,6 +113,12 @@ def test_the_decision_counterfactual_stops_where_the_models_decision_changed(che
     np.testing.assert_array_equal(on_counterfactual[flipped], out["decision"][flipped])
     assert (out["decision"][flipped] != predicted[flipped]).all()
     assert (out["shift"][~flipped] == 20.0).all() and (out["shift"][flipped] <= 20.0).all()
+    # asking the model to be sure of its new class walks at least as far, and reaches it no more often
+    sure = decision_counterfactuals(model, images, max_shift=20.0, n_search=21, min_confidence=0.9)
+    assert (sure["shift"] >= out["shift"]).all() and not (sure["flipped"] & ~out["flipped"]).any()
+    with torch.no_grad():
+        proba = model.predict_proba(torch.from_numpy(sure["counterfactual"])[:, None]).numpy()
+    assert (proba.max(1)[sure["flipped"]] >= 0.9 - 1e-4).all()
 
 
 def test_a_hierarchical_model_holds_the_images_own_detail_code(brain_images):
@@ -170,6 +176,8 @@ def test_evaluate_judge_end_to_end_and_its_user_errors(imaging_root, tmp_path, c
     assert cf["n"] == 12 and 0 <= cf["validity"]["share"] <= 1 and cf["settings"]["detail"] == "image"
     low, high = cf["validity"]["ci95"]
     assert low <= cf["validity"]["share"] <= high
+    # a valid counterfactual reached its goal and changed the judge's mind: never more than either
+    assert cf["validity"]["share"] <= min(cf["judge_changed"]["share"], cf["model_decision_changed"]["share"])
     assert cf["localisation"] is None  # BreastMNIST has no lesion masks
 
     # user errors: one line, exit 2

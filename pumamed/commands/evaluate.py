@@ -27,6 +27,9 @@ def register(subparsers) -> None:
                         "(default: every image of the split)")
     p.add_argument("--max-shift", type=float, default=30.0,
                    help="with --judge: longest counterfactual walk, in latent units")
+    p.add_argument("--counterfactual-confidence", type=float, default=0.0, metavar="P",
+                   help="with --judge: walk on until the model gives its new class at least this probability "
+                        "(default 0: stop where the decision changes)")
     p.add_argument("--detail", choices=["image", "mean", "resampled"], default="image",
                    help="with --judge, hierarchical models: the detail code held during the walk")
     p.add_argument("--ood", help="other datasets, comma-separated (e.g. brain_tumor_mri,mini_mias): the AUROC of "
@@ -50,8 +53,11 @@ def run_evaluate(args) -> int:
 
         torch.set_num_threads(args.threads)
 
-    if args.judge is None and (args.counterfactual_limit is not None or args.detail != "image"):
-        raise InputError("--counterfactual-limit and --detail apply with --judge only")
+    if args.judge is None and (args.counterfactual_limit is not None or args.detail != "image"
+                               or args.counterfactual_confidence):
+        raise InputError("--counterfactual-limit, --counterfactual-confidence and --detail apply with --judge only")
+    if not 0.0 <= args.counterfactual_confidence < 1.0:
+        raise InputError("--counterfactual-confidence is a probability in [0, 1)")
     if args.max_shift <= 0:
         raise InputError("--max-shift must be positive")
     result = evaluate_checkpoint(args.model, args.dataset, split=args.split, data_dir=args.data_dir,
@@ -71,7 +77,8 @@ def run_evaluate(args) -> int:
                                           data_dir=args.data_dir, device=args.device,
                                           batch_size=min(args.batch_size, 64),
                                           counterfactual_limit=args.counterfactual_limit,
-                                          max_shift=args.max_shift, detail=args.detail, seed=args.seed))
+                                          max_shift=args.max_shift, detail=args.detail, seed=args.seed,
+                                          min_confidence=args.counterfactual_confidence))
     if args.json:
         print(json.dumps(result))
         return 0

@@ -194,14 +194,17 @@ def counterfactual_gif(cf: Counterfactual, duration_ms: int = 150, scale: int = 
 
 
 def decision_counterfactuals(model, images, *, max_shift: float = 30.0, n_search: int = 61,
-                             detail: str = "image", batch_size: int = 16, task: str | None = None) -> dict:
+                             detail: str = "image", batch_size: int = 16, task: str | None = None,
+                             min_confidence: float = 0.0) -> dict:
     """The latent-shift counterfactual *away from the model's decision*, for a batch of images.
 
     For each image ``x`` with code ``mu`` and predicted class ``c = argmax head(mu)``, walk the
     global code along the unit gradient that lowers ``p_c`` of the decoded, re-encoded frame
     (``head(mu(D(z)))``, as :func:`latent_shift` with ``through="image"``) and stop at the first
     grid point (``n_search`` points over ``0..max_shift``) where the model's decision on the
-    frame is no longer ``c``. The detail code (hierarchical models) is held at the image's own
+    frame is no longer ``c`` (and, with ``min_confidence`` > 0, the model gives its new class at
+    least that probability: a walk past the boundary, for pictures that show the new class rather
+    than a tie). The detail code (hierarchical models) is held at the image's own
     value (``detail="image"``), at the prior mean (``"mean"``) or redrawn (``"resampled"``).
 
     ``images``: N x 1 x S x S in [0, 1] (float tensor or array). Returns NumPy arrays:
@@ -217,6 +220,8 @@ def decision_counterfactuals(model, images, *, max_shift: float = 30.0, n_search
                          "finding (use latent_shift with a chosen finding)")
     if not max_shift > 0 or n_search < 2:
         raise InputError("max_shift must be positive and n_search at least 2")
+    if not 0.0 <= min_confidence < 1.0:
+        raise InputError(f"min_confidence is a probability in [0, 1), got {min_confidence}")
     device = model_device(model)
     images = torch.as_tensor(np.asarray(images, dtype=np.float32) if not torch.is_tensor(images) else images)
     was_training = model.training
@@ -243,8 +248,10 @@ def decision_counterfactuals(model, images, *, max_shift: float = 30.0, n_search
                 codes = (mu[:, None, :] + grid[None, :, None] * unit[:, None, :]).reshape(b * steps, -1)
                 held = None if detail_code is None else detail_code.repeat_interleave(steps, dim=0)
                 swept = _decode(model, codes, held)
-                decisions = head_probabilities(model, model.encode(swept)[0], task).argmax(1).reshape(b, steps)
-                changed = decisions != predicted[:, None]
+                probabilities = head_probabilities(model, model.encode(swept)[0], task)
+                confidence, decisions = probabilities.max(1)
+                decisions, confidence = decisions.reshape(b, steps), confidence.reshape(b, steps)
+                changed = (decisions != predicted[:, None]) & (confidence >= min_confidence)
                 flipped = changed.any(1)
                 # the first grid point where the decision changed, else the end of the walk
                 index = torch.where(flipped, changed.float().argmax(1), torch.full_like(predicted, steps - 1))

@@ -14,7 +14,9 @@ never saw a reconstruction and does not share PumaMedNet's encoder.
    decision (:func:`pumamed.explain.counterfactual.decision_counterfactuals`). *Validity*: the
    share of images whose judge decision on the counterfactual differs from its decision on the
    reconstruction, the walk's starting frame (the picture changed what a second reader sees, not
-   only PumaMedNet's head). Against the original instead (``validity_vs_original``), a blurry
+   only PumaMedNet's head), counted only where the walk reached its goal (the model's decision
+   changed within ``max_shift``): a walk that never did ends at an extreme frame that any judge
+   may read differently, which ``judge_changed`` still counts. Against the original instead (``validity_vs_original``), a blurry
    model would score high for what its reconstructions already lost: on the first-release brain
    model the judge already disagrees between original and reconstruction on 46 % of the images.
    *Proximity*: SSIM between counterfactual and reconstruction (how little else changed).
@@ -137,7 +139,8 @@ def score_faithfulness(model, judge, images, labels, task: str, class_names, dev
 
 def faithfulness_report(model_dir, dataset: str, judge_dir, split: str = "test", data_dir=None, device=None,
                         batch_size: int = 64, counterfactual_limit: int | None = None, max_shift: float = 30.0,
-                        n_search: int = 61, detail: str = "image", seed: int = 0) -> dict:
+                        n_search: int = 61, detail: str = "image", seed: int = 0,
+                        min_confidence: float = 0.0) -> dict:
     """The ``faithfulness`` and ``counterfactuals`` blocks of ``evaluate --judge`` (JSON-able)."""
     import torch
 
@@ -178,7 +181,7 @@ def faithfulness_report(model_dir, dataset: str, judge_dir, split: str = "test",
 
     chosen = stratified_subset(labels, counterfactual_limit, seed)
     walked = decision_counterfactuals(model, images[chosen], max_shift=max_shift, n_search=n_search, detail=detail,
-                                      batch_size=16, task=task)
+                                      batch_size=16, task=task, min_confidence=min_confidence)
     cf = torch.from_numpy(walked["counterfactual"])[:, None]
     rc = torch.from_numpy(walked["reconstruction"])[:, None]
     judge_cf = decisions(judge_probabilities(judge, cf, device, batch_size), task)
@@ -187,18 +190,21 @@ def faithfulness_report(model_dir, dataset: str, judge_dir, split: str = "test",
     proximity = ssim(cf, rc).numpy() if min(cf.shape[-2:]) >= 11 else np.full(len(cf), np.nan)
     block = {
         "n": int(len(chosen)),
-        "validity": proportion_with_interval(judge_cf != judge_rc),
-        "validity_vs_original": proportion_with_interval(judge_cf != judge_orig),
+        "validity": proportion_with_interval(walked["flipped"] & (judge_cf != judge_rc)),
+        "judge_changed": proportion_with_interval(judge_cf != judge_rc),
+        "validity_vs_original": proportion_with_interval(walked["flipped"] & (judge_cf != judge_orig)),
         "model_decision_changed": proportion_with_interval(walked["flipped"]),
         "proximity_ssim": mean_with_interval(proximity),
         "shift": mean_with_interval(walked["shift"]),
         "settings": {"direction": "away from the model's predicted class", "max_shift": max_shift,
-                     "n_search": n_search, "detail": detail if getattr(model, "has_detail", False) else None,
+                     "n_search": n_search, "min_confidence": min_confidence, "detail": detail if getattr(model, "has_detail", False) else None,
                      "through": "image (decoded and re-encoded frames)", "seed": seed},
-        "definition": "validity: the judge's decision on the counterfactual differs from its decision on the "
-                      "reconstruction (the walk's start, so what the autoencoder already lost is not counted as "
-                      "the walk's doing; validity_vs_original compares with the original image instead); "
-                      "proximity: SSIM(counterfactual, reconstruction)",
+        "definition": "validity: the model's decision changed within max_shift and the judge's decision on the "
+                      "counterfactual differs from its decision on the reconstruction (the walk's start, so what "
+                      "the autoencoder already lost is not counted as the walk's doing; a walk that never changed "
+                      "the model's mind ends far out at max_shift and counts as a failure, whatever the judge "
+                      "says of that frame: judge_changed counts it); validity_vs_original compares with the "
+                      "original image instead; proximity: SSIM(counterfactual, reconstruction)",
         "localisation": None,
     }
     masks = [ds.lesion_mask(int(i)) for i in chosen]
