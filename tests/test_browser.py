@@ -9,38 +9,18 @@ The page list comes from the router's registry, so new pages are covered automat
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.browser_support import ROOT, headless_chromium, streamlit_server
 from views._frame import PAGES
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("PUMAMED_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("PUMAMED_SCREENSHOT_DIR", ROOT / "tests" / "artifacts" / "screenshots"))
 PAGE_TIMEOUT_S = 240
 
 pytestmark = pytest.mark.browser
-
-
-def _chromium_or_skip() -> str:
-    if Path(CHROMIUM).exists():
-        return CHROMIUM
-    message = f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)"
-    if os.environ.get("CI"):
-        pytest.fail(message + " -- CI must run the browser test")
-    pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +29,7 @@ def server(request):
     PUMAMED_DATA_DIR, run from the repository, whose data/ holds only its README; ``full``: the
     real data directory)."""
     source = getattr(request, "param", "full")
-    port = _free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ)
     if source == "pack":
         env.pop("PUMAMED_DATA_DIR", None)
     elif not Path(env.get("PUMAMED_DATA_DIR", "/nonexistent")).is_dir():
@@ -58,51 +37,14 @@ def server(request):
         if os.environ.get("CI"):
             pytest.fail(message + " -- CI must run the browser test on the full data")
         pytest.skip(message)
-    (ROOT / "tests" / "artifacts").mkdir(parents=True, exist_ok=True)
-    log = open(ROOT / "tests" / "artifacts" / f"streamlit_server_{source}.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
-         f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",
-         "--server.fileWatcherType=none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"streamlit exited early; see tests/artifacts/streamlit_server_{source}.log")
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("streamlit did not start within 90 s")
-    yield url, source
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with streamlit_server(env, f"streamlit_server_{source}.log") as url:
+        yield url, source
 
 
 @pytest.fixture(scope="module")
 def browser():
-    executable = _chromium_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(
-            executable_path=executable,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage"],
-        )
+    with headless_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 def wait_for_script_idle(page, timeout_s: float = PAGE_TIMEOUT_S) -> None:

@@ -10,24 +10,20 @@ look at), and the layout rules of a talk checked from the rendered page:
 * the page's key figure (its first chart or image panel, or its first row of metrics where the
   page opens with them) lies entirely on the first screen, and no chart is taller than the screen.
 
-The server and browser helpers are local, so this file does not depend on ``test_browser.py``.
+The server and browser helpers are shared with ``test_browser.py`` (``tests/browser_support.py``).
 """
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.browser_support import ROOT, chromium_or_skip, headless_chromium, streamlit_server
 from views._frame import PAGES
 
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("PUMAMED_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(os.environ.get("PUMAMED_SCREENSHOT_DIR", ROOT / "tests" / "artifacts" / "screenshots")) / "1920"
 SCREEN = {"width": 1920, "height": 1080}
 PAGE_TIMEOUT_S = 300
@@ -37,57 +33,17 @@ KEY_IS_METRICS = {"home", "socioeconomic_factors"}
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def app_url():
-    if not Path(CHROMIUM).exists():
-        message = f"Chromium not found at {CHROMIUM} (apt-get install -y chromium)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    port = _free_port()
-    (ROOT / "tests" / "artifacts").mkdir(parents=True, exist_ok=True)
-    log = open(ROOT / "tests" / "artifacts" / "streamlit_presentation.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true", f"--server.port={port}",
-         "--server.address=127.0.0.1", "--browser.gatherUsageStats=false", "--server.fileWatcherType=none"],
-        cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("streamlit did not start; see tests/artifacts/streamlit_presentation.log")
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    chromium_or_skip()  # before starting a server that nothing could open
+    with streamlit_server(dict(os.environ), "streamlit_presentation.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def chromium(app_url):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--disable-dev-shm-usage"])
+    with headless_chromium() as browser:
         yield browser
-        browser.close()
 
 
 def _wait_idle(page, timeout_s: float = PAGE_TIMEOUT_S) -> None:
