@@ -206,3 +206,21 @@ def model_session(path: str):
     """The cached session of the checkpoint at ``path``, as it is on disk now."""
     return cached_session(path, checkpoint_stamp(path))
 
+
+
+def modality_dataset_options(choice, key_prefix: str, help_text: str) -> list[str]:
+    """Dataset options for a model (``choice``: :func:`pumamed.imaging.matching.datasets_for_model`):
+    its own modality's; the others only after ticking *Show datasets of other modalities*. A
+    dataset of another modality that a previous model left selected is dropped, never kept behind
+    the user's back; with nothing of the model's modality present, a note says how to go on."""
+    from pumamed.imaging.matching import modality_name
+
+    show_all = bool(choice.others) and st.checkbox("Show datasets of other modalities",
+                                                   key=f"{key_prefix}_show_all_datasets", help=help_text)
+    options = choice.options(show_all)
+    if st.session_state.get(f"{key_prefix}_dataset") not in options:
+        st.session_state.pop(f"{key_prefix}_dataset", None)
+    if not options and choice.others:
+        st.info(f"No {modality_name(choice.modality)} dataset in the data directory; tick *Show datasets of "
+                "other modalities* to use another one.", icon=":material/info:")
+    return options

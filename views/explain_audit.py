@@ -24,6 +24,7 @@ from views._frame import (
     guarded,
     is_presentation,
     missing_data_message,
+    modality_dataset_options,
     model_session,
     models_dir,
     style_figure,
@@ -339,20 +340,12 @@ with controls("Model and data"):
         model_name = st.selectbox("Model", names, key="ea_model",
                                   help="PumaMedNet checkpoints in the models directory")
         model_path, model_summary = next((p, c) for n, p, c in checkpoints if n == model_name)
-        from pumamed.imaging.matching import datasets_for_model, modality_mismatch_warning, modality_name
+        from pumamed.imaging.matching import datasets_for_model, modality_mismatch_warning
 
         present = [d for d in DEFAULT_DATASETS if d in datasets]
         choice = datasets_for_model(model_summary["datasets"], model_summary["modality"], present)
-        show_all = bool(choice.others) and st.checkbox(
-            "Show datasets of other modalities", key="ea_show_all_datasets",
-            help="the classifier's explanations on another modality are meaningless")
-        options = choice.options(show_all)
-        if st.session_state.get("ea_dataset") not in options:
-            # a new model: never keep a dataset of another modality selected behind its back
-            st.session_state.pop("ea_dataset", None)
-        if not options and choice.others:
-            st.info(f"No {modality_name(choice.modality)} dataset in the data directory; tick *Show datasets "
-                    "of other modalities* to use another one.", icon=":material/info:")
+        options = modality_dataset_options(choice, "ea",
+                                           "the classifier's explanations on another modality are meaningless")
         if options:
             dataset = st.selectbox("Dataset", options, key="ea_dataset",
                                    help="Images to explain and audit (metadata: sex, age, view, density...)")

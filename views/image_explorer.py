@@ -22,11 +22,11 @@ import streamlit as st
 
 from views._frame import cached_session as _session
 from views._frame import checkpoint_stamp as _stamp
-from views._frame import controls, data_dir, guarded, is_presentation, missing_data_message, models_dir, \
-    show_error, style_figure
+from views._frame import controls, data_dir, guarded, is_presentation, missing_data_message, \
+    modality_dataset_options, models_dir, show_error, style_figure
 from pumamed.catalog import CONFIG_FILE, WEIGHTS_FILE, describe_checkpoint, list_checkpoints
 from pumamed.errors import CheckpointError, InputError, PumaMedError
-from pumamed.imaging.matching import modality_mismatch_warning, modality_name
+from pumamed.imaging.matching import modality_mismatch_warning
 from views._trust import show_trust
 
 SOURCES = ("Dataset", "Upload", "Prior sample")
@@ -340,18 +340,10 @@ with controls():
         source = st.radio("Image", SOURCES, horizontal=True, key="ie_source")
         with guarded("Reading the dataset"):
             choice = _dataset_choice(model_row)
-            show_all = bool(choice.others) and st.checkbox(
-                "Show datasets of other modalities", key="ie_show_all_datasets",
-                help="the model's predictions on another modality are meaningless; for reconstructions only")
-            options = choice.options(show_all)
-            if st.session_state.get("ie_dataset") not in options:
-                # a new model: never keep a dataset of another modality selected behind its back
-                st.session_state.pop("ie_dataset", None)
+            options = modality_dataset_options(
+                choice, "ie", "the model's predictions on another modality are meaningless; for reconstructions only")
             if not options:
-                if choice.others:
-                    st.info(f"No {modality_name(choice.modality)} dataset in the data directory; tick "
-                            "*Show datasets of other modalities* to use another one.", icon=":material/info:")
-                else:
+                if not choice.others:
                     missing_data_message("No imaging dataset", "imaging/")
             else:
                 name = st.selectbox("Dataset", options, key="ie_dataset")
