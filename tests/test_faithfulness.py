@@ -215,3 +215,64 @@ def test_the_swap_loss_reads_pictures_with_the_classifier_held():
     logits.sum().backward()
     assert float(pictures.grad.abs().sum()) > 0
     assert all(p.grad is None for p in [*model.encoder.parameters(), *model.classifier.parameters()])
+
+
+def test_a_conditional_detail_prior_holds_the_residual_and_moves_the_predicted_detail(brain_images):
+    """With the prior N(m(z), s(z)^2) predicted from the global code, explanations hold only the
+    image's residual detail: decode(z', residual) draws m(z') + residual, so the part of the detail
+    the global code predicts moves with it; at initialisation the prior is N(0, I), so the model
+    decodes exactly as the same weights with the standard prior."""
+    from pumamed.net.losses import kl_gaussians, kl_per_dim
+    from pumamed.net.model import PumaMedNet, PumaMedNetConfig
+
+    kwargs = dict(image_size=64, latent_dim=8, widths=(8, 16, 32, 32), groups=4, detail_channels=2,
+                  detail_resolution=16, num_classes=4)
+    torch.manual_seed(0)
+    standard = PumaMedNet(PumaMedNetConfig(**kwargs)).eval()
+    conditional = PumaMedNet(PumaMedNetConfig(**kwargs, detail_prior="conditional")).eval()
+    missing, unexpected = conditional.load_state_dict(standard.state_dict(), strict=False)
+    assert not unexpected and all(name.startswith("decoder.detail_prior.") for name in missing) and missing
+    x = brain_images[:3]
+    with torch.no_grad():
+        torch.testing.assert_close(conditional.reconstruct(x), standard.reconstruct(x))
+        mu, _, residual, logvar = standard.encode_all(x)
+        torch.testing.assert_close(standard.detail_kl(mu, residual, logvar),
+                                   kl_per_dim(residual.flatten(1), logvar.flatten(1)).sum(1))
+
+        conditional.decoder.detail_prior[-1].weight.normal_(0, 0.05)  # a prior that depends on z
+        conditional.decoder.detail_prior[-1].bias.normal_(0, 0.5)
+        mu, _, residual, logvar = conditional.encode_all(x)
+        code = conditional.encoder.forward_all(x)[2]
+        prior_mean, prior_logvar = conditional.detail_prior(mu)
+        torch.testing.assert_close(residual, code - prior_mean)
+        # the reconstruction draws the encoder's own code, whatever the prior
+        torch.testing.assert_close(conditional.reconstruct(x),
+                                   conditional.decoder.bottom_up(conditional.decoder.top_down(mu), code))
+        torch.testing.assert_close(conditional.detail_kl(mu, residual, logvar),
+                                   kl_gaussians(code, logvar, prior_mean, prior_logvar).flatten(1).sum(1))
+        # an edit of the global code with the residual held draws the new code's predicted detail
+        edited = mu + 3.0
+        expected = conditional.decoder.bottom_up(conditional.decoder.top_down(edited),
+                                                 conditional.detail_prior(edited)[0] + residual)
+        torch.testing.assert_close(conditional.decode(edited, residual), expected)
+        assert not torch.allclose(conditional.detail_prior(edited)[0], prior_mean)
+        # "mean": the prior mean given the global code
+        torch.testing.assert_close(conditional.decode(mu),
+                                   conditional.decoder.bottom_up(conditional.decoder.top_down(mu), prior_mean))
+
+
+def test_training_with_a_conditional_detail_prior_and_adding_it_with_init(imaging_root, tmp_path):
+    common = ["--dataset", "breastmnist", "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size", "8",
+              "--no-test", "--no-calibrate"]
+    standard, conditional = tmp_path / "standard", tmp_path / "conditional"
+    assert main(["train", *TINY_CLI, *common, "--detail-channels", "2", "--detail-resolution", "8",
+                 "--detail-swap", "10", "--out", str(standard)]) == 0
+    assert json.loads((standard / "config.json").read_text())["model"]["detail_prior"] == "standard"
+    assert main(["train", "--size", str(SIZE), "--quiet", *common, "--init", str(standard),
+                 "--detail-prior", "conditional", "--detail-swap", "10", "--out", str(conditional)]) == 0
+    config = json.loads((conditional / "config.json").read_text())
+    assert config["model"]["detail_prior"] == "conditional" and config["model"]["detail_channels"] == 2
+    history = json.loads((conditional / "metrics.json").read_text())["history"]
+    assert np.isfinite(history[0]["kl_detail"]) and history[0]["kl_detail"] > 0 and history[0]["detail_swap"] > 0
+    card = (conditional / "model_card.md").read_text()
+    assert "conditional on the global code" in card

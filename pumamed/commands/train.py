@@ -67,6 +67,10 @@ def register(subparsers) -> None:
     p.add_argument("--detail-dropout", type=float, default=0.5,
                    help="share of training images decoded without their detail code, so the global code alone "
                         "must still draw the image")
+    p.add_argument("--detail-prior", choices=("standard", "conditional"), default=None,
+                   help="the detail code's prior: standard N(0, I), or conditional on the global code (the "
+                        "explanations then hold only the image's residual detail, and the detail the global code "
+                        "predicts moves with it); default: the --init model's, else standard")
     p.add_argument("--detail-beta", type=float, default=1.0, help="weight of the detail code's KL term")
     p.add_argument("--detail-swap", dest="detail_swap_weight", type=float, default=0.0, metavar="WEIGHT",
                    help="hierarchical models: decode each global code with another image's detail code too, and "
@@ -118,7 +122,7 @@ def run_train(args) -> int:
                    architecture_given=tuple(name for name in ("latent", "widths", "weight_map", "detail_channels")
                                             if getattr(args, name) is not None), decoder=args.decoder, classifier_hidden=args.classifier_hidden,
                    detail_channels=args.detail_channels or 0, detail_resolution=args.detail_resolution,
-                   detail_dropout=args.detail_dropout,
+                   detail_dropout=args.detail_dropout, detail_prior=args.detail_prior,
                    init=Path(args.init) if args.init else None, teacher=teachers,
                    resume=args.resume, data_dir=args.data_dir,
                    report_test=not args.no_test, calibrate=not args.no_calibrate, train=train_cfg)

@@ -163,8 +163,10 @@ class ExplorerSession:
     def detail_code(self, image, mode: str = "image", seed: int = 0) -> np.ndarray | None:
         """The detail code (C x R x R) to hold while the global code of one S x S image is edited:
         the image's own (``"image"``), a seeded draw from its posterior (``"resampled"``) or the
-        prior mean (``"mean"``, returned as None, which the decoder reads as zeros). None for a
-        model without a detail code."""
+        prior mean (``"mean"``, returned as None). For a model whose detail prior is conditional
+        on the global code, this is the *residual* (code minus the prior mean given the global
+        code), so the predicted part moves with the global code. None for a model without a
+        detail code."""
         import torch
 
         from pumamed.net.model import DETAIL_MODES

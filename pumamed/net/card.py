@@ -58,6 +58,10 @@ def make_card(config: dict, metrics: dict) -> str:
                          f"(KL weight {training.get('detail_beta')}; dropped for {model.get('detail_dropout')} of the "
                          f"training images, so the global code alone must draw them); explanations edit the global "
                          f"code and hold the detail code")
+            if model.get("detail_prior") == "conditional":
+                lines.append("- the detail code's prior is conditional on the global code (predicted by the decoder): "
+                             "explanations hold only the image's residual detail, so the detail the global code "
+                             "predicts (a lesion's texture) moves with an edit of the global code")
             if training.get("detail_swap_weight"):
                 lines.append(f"- detail swap (weight {training['detail_swap_weight']}): each global code is also drawn "
                              f"with another image's detail code, and the classifier, weights held, must still name "

@@ -26,6 +26,14 @@ def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
+def kl_gaussians(mu_q, logvar_q, mu_p, logvar_p) -> torch.Tensor:
+    """KL(N(mu_q, var_q) || N(mu_p, var_p)) elementwise (nats); with mu_p = logvar_p = 0 it is
+    :func:`kl_per_dim`. The prior's parameters may be plain numbers."""
+    mu_p = torch.as_tensor(mu_p, dtype=mu_q.dtype, device=mu_q.device)
+    logvar_p = torch.as_tensor(logvar_p, dtype=mu_q.dtype, device=mu_q.device)
+    return 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) * torch.exp(-logvar_p) - 1.0)
+
+
 def kl_schedule(step: float, total_steps: float, beta: float, warmup_fraction: float,
                 capacity: float) -> tuple[float, float]:
     """(beta_t, C_t): beta rises linearly from 0 over the warm-up; the capacity C (nats) rises

@@ -45,6 +45,7 @@ DECODERS = ("transposed", "upsample")
 # What a config.json written before a field existed meant by it (first release: no such keys).
 LEGACY_DEFAULTS = {"decoder": "upsample", "weight_net_downsample": 2}
 DETAIL_MODES = ("image", "mean", "resampled")  # what the detail code is when the global code is edited
+DETAIL_PRIORS = ("standard", "conditional")  # N(0, I), or N(m(z), s(z)^2) predicted from the global code
 
 
 @dataclass
@@ -76,6 +77,12 @@ class PumaMedNetConfig:
     detail_channels: int = 0
     detail_resolution: int = 16
     detail_dropout: float = 0.5
+    # "standard": the detail code's prior is N(0, I), so an edit of the global code cannot move
+    # it. "conditional" (NVAE / VDVAE style): the decoder predicts the prior N(m(z), s(z)^2) from
+    # the global code's features at the detail code's width; the explanations then hold only the
+    # image's *residual* detail (code - m(z)), and the part of the detail the global code
+    # predicts (a lesion's texture, say) moves with the global code.
+    detail_prior: str = "standard"
 
     def __post_init__(self):
         self.widths = tuple(int(w) for w in self.widths)
@@ -110,6 +117,8 @@ class PumaMedNetConfig:
                 raise ValueError("a detail code needs the transposed decoder")
             if not 0.0 <= self.detail_dropout < 1.0:
                 raise ValueError(f"detail_dropout must be in [0, 1), got {self.detail_dropout}")
+        if self.detail_prior not in DETAIL_PRIORS:
+            raise ValueError(f"detail_prior must be one of {DETAIL_PRIORS}, got {self.detail_prior!r}")
         if self.weight_net_downsample not in (1, 2, 4, 8) or self.weight_net_downsample > self.image_size // 4:
             raise ValueError(f"weight_net_downsample must be 1, 2, 4 or 8 (at most image_size / 4), "
                              f"got {self.weight_net_downsample!r}")
@@ -320,6 +329,13 @@ class Decoder(nn.Module):
                 self.detail_at = len(layers) - 1
                 self.from_detail = nn.Conv2d(cfg.detail_channels, c_out, 3, padding=1)
                 self.detail_mix = ResidualBlock(c_out, cfg.groups)
+                if cfg.detail_prior == "conditional":
+                    self.detail_prior = nn.Sequential(_norm(c_out, cfg.groups), nn.SiLU(),
+                                                      nn.Conv2d(c_out, 2 * cfg.detail_channels, 3, padding=1))
+                    # starts as the standard prior N(0, I), so a model given a conditional prior
+                    # with --init begins exactly where the pretrained model was
+                    nn.init.zeros_(self.detail_prior[-1].weight)
+                    nn.init.zeros_(self.detail_prior[-1].bias)
         if cfg.attention_resolution and size == cfg.attention_resolution:
             layers.append(SelfAttention2d(w[-1], cfg.attention_heads, cfg.groups))
         self.body = nn.Sequential(*layers)
@@ -339,17 +355,43 @@ class Decoder(nn.Module):
         self.body = nn.Sequential(*layers)
         self.to_image = nn.Conv2d(w[-1], cfg.in_channels, 3, padding=1)
 
-    def forward(self, z, detail=None):
+    def top_down(self, z):
+        """The global code's features at the detail code's width (the body up to it)."""
         h = self.from_latent(z).reshape(z.shape[0], *self.start_shape)
-        if self.detail_at < 0:
-            return torch.sigmoid(self.to_image(self.body(h)))
-        for index, layer in enumerate(self.body):
+        for layer in self.body[:self.detail_at + 1]:
             h = layer(h)
-            if index == self.detail_at:
-                if detail is None:  # the prior mean, as the training's detail dropout feeds it
-                    detail = h.new_zeros(h.shape[0], *self.detail_shape)
-                h = self.detail_mix(h + self.from_detail(detail.to(h.dtype)))
+        return h
+
+    def prior(self, features):
+        """(mean, log-variance) of the detail code's prior given the top-down features: zeros for
+        the standard prior N(0, I), else predicted from the global code."""
+        if not hasattr(self, "detail_prior"):
+            zeros = features.new_zeros(features.shape[0], *self.detail_shape)
+            return zeros, zeros
+        mean, logvar = self.detail_prior(features).chunk(2, dim=1)
+        return mean, logvar.clamp(-8.0, 4.0)
+
+    def bottom_up(self, features, code):
+        """The picture from the top-down features and a detail code (the code itself, not a residual)."""
+        h = self.detail_mix(features + self.from_detail(code.to(features.dtype)))
+        for layer in self.body[self.detail_at + 1:]:
+            h = layer(h)
         return torch.sigmoid(self.to_image(h))
+
+    def forward(self, z, detail=None):
+        """``detail``: the residual detail code, added to the prior mean given ``z`` (for the
+        standard prior, whose mean is zero, the code itself); None means the prior mean."""
+        if self.detail_at < 0:
+            h = self.from_latent(z).reshape(z.shape[0], *self.start_shape)
+            return torch.sigmoid(self.to_image(self.body(h)))
+        features = self.top_down(z)
+        code = self.prior(features)[0] if hasattr(self, "detail_prior") else None
+        if detail is not None:
+            detail = detail.to(features.dtype)
+            code = detail if code is None else code + detail
+        if code is None:
+            code = features.new_zeros(features.shape[0], *self.detail_shape)
+        return self.bottom_up(features, code)
 
 
 class WeightNet(nn.Module):
@@ -419,19 +461,38 @@ class PumaMedNet(nn.Module):
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor, detail: torch.Tensor | None = None) -> torch.Tensor:
-        """z: B x latent_dim (and, for a hierarchical model, the detail code B x C_d x R x R;
-        None means its prior mean, zeros) -> Bx1xSxS in [0, 1]."""
+        """z: B x latent_dim (and, for a hierarchical model, the residual detail code
+        B x C_d x R x R, added to the prior mean given z, which is zero for the standard prior;
+        None means the prior mean) -> Bx1xSxS in [0, 1]."""
         return self.decoder(z, detail)
+
+    def detail_prior(self, z: torch.Tensor):
+        """(mean, log-variance) of the detail code's prior given the global code ``z``."""
+        return self.decoder.prior(self.decoder.top_down(z))
 
     @property
     def has_detail(self) -> bool:
         return self.config.detail_channels > 0
 
     def encode_all(self, x: torch.Tensor):
-        """(mu, logvar, detail_mu, detail_logvar); the detail pair is None without a detail code."""
+        """(mu, logvar, detail_mu, detail_logvar); the detail pair is None without a detail code.
+        ``detail_mu`` is the posterior mean of the *residual* detail code (the code minus its
+        prior mean given mu), what ``decode(mu, detail_mu)`` and the explanations hold; for the
+        standard prior that is the code itself."""
         if not self.has_detail:
             return (*self.encoder(x), None, None)
-        return self.encoder.forward_all(x)
+        mu, logvar, d_mu, d_logvar = self.encoder.forward_all(x)
+        if self.config.detail_prior == "conditional":
+            d_mu = d_mu - self.detail_prior(mu)[0]
+        return mu, logvar, d_mu, d_logvar
+
+    def detail_kl(self, mu: torch.Tensor, residual_mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """KL of the detail code's posterior from its prior given ``mu``, per image (nats), from
+        ``encode_all``'s residual mean and log-variance."""
+        from pumamed.net.losses import kl_gaussians  # losses imports this module
+
+        prior_logvar = self.detail_prior(mu)[1].float() if self.config.detail_prior == "conditional" else 0.0
+        return kl_gaussians(residual_mu.float(), logvar.float(), 0.0, prior_logvar).flatten(1).sum(1)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """The posterior-mean reconstruction D(mu, detail_mu): what the pages show as 'the model's

@@ -44,6 +44,7 @@ class RunSpec:
     detail_channels: int = 0  # > 0: a hierarchical model with a spatial detail code (see the model)
     detail_resolution: int = 16
     detail_dropout: float = 0.5
+    detail_prior: str | None = None  # None: the --init model's, else "standard"
     init: Path | None = None
     teacher: tuple[Path, ...] = ()  # trained classifiers (e.g. ResNet-18 baselines) to distil from, as one ensemble
     resume: bool = False
@@ -222,7 +223,8 @@ def build_model(spec: RunSpec, train: ArrayData):
                                attention_resolution=spec.attention_resolution,
                                weight_map=spec.weight_map, decoder=spec.decoder,
                                detail_channels=spec.detail_channels, detail_resolution=spec.detail_resolution,
-                               detail_dropout=spec.detail_dropout, **head)
+                               detail_dropout=spec.detail_dropout, detail_prior=spec.detail_prior or "standard",
+                               **head)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     return PumaMedNet(cfg)
@@ -286,6 +288,10 @@ def run(spec: RunSpec, log=None) -> dict:
             spec.detail_dropout = float(init_model_cfg.get("detail_dropout", spec.detail_dropout))
         if spec.decoder is None:
             spec.decoder = init_loaded.model.config.decoder
+        if spec.detail_prior is None:
+            spec.detail_prior = init_model_cfg.get("detail_prior", "standard")
+        elif spec.detail_prior != init_model_cfg.get("detail_prior", "standard") and spec.detail_channels:
+            log(f"the detail code's prior becomes {spec.detail_prior}: its prior network starts as N(0, I)")
 
     from pumamed.config import seed_everything
 

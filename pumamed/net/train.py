@@ -40,6 +40,7 @@ from pumamed.net.progress import EpochBar, epoch_summary
 from pumamed.net.losses import (
     classification_loss,
     distillation_loss,
+    kl_gaussians,
     kl_per_dim,
     kl_schedule,
     mix_aux_loss,
@@ -156,20 +157,26 @@ class TrainingObjective(nn.Module):
         if not self.is_vae:
             return self.classification_term(self.model(target), label, target, stats), stats
         model = self.model
-        mu, logvar, detail_mu, detail_logvar = model.encode_all(source)
+        # the encoder's own detail code (not encode_all's residual): its prior depends on the
+        # sampled z here, not on mu
+        mu, logvar, detail_mu, detail_logvar = model.encoder.forward_all(source)
         z = model.reparameterize(mu, logvar) if cfg.sample_latent else mu
-        detail = None
-        if detail_mu is not None:
-            detail = model.reparameterize(detail_mu, detail_logvar) if cfg.sample_latent else detail_mu
-            detail = drop_detail(detail, model.config.detail_dropout)
-        recon = model.decode(z, detail)
         swap_term = None
-        if detail_mu is not None and cfg.detail_swap_weight > 0 and model.classifier is not None and len(z) > 1:
+        if detail_mu is None:
+            recon = model.decode(z)
+        else:
+            features = model.decoder.top_down(z)
+            prior_mu, prior_logvar = model.decoder.prior(features)
             drawn = model.reparameterize(detail_mu, detail_logvar) if cfg.sample_latent else detail_mu
-            # the next image's detail (a fixed roll, so shapes never depend on the data)
-            swapped = model.decode(z, torch.roll(drawn, shifts=1, dims=0))
-            swap_term = classification_loss(frozen_reader_logits(model, swapped), label, self.task)
-            stats["detail_swap"] = swap_term.detach()
+            residual = drawn - prior_mu
+            # detail dropout: a share of the images is drawn from the prior mean given z alone
+            recon = model.decoder.bottom_up(features, prior_mu + drop_detail(residual, model.config.detail_dropout))
+            if cfg.detail_swap_weight > 0 and model.classifier is not None and len(z) > 1:
+                # each global code with the next image's residual detail (a fixed roll, so shapes
+                # never depend on the data)
+                swapped = model.decoder.bottom_up(features, prior_mu + torch.roll(residual, shifts=1, dims=0))
+                swap_term = classification_loss(frozen_reader_logits(model, swapped), label, self.task)
+                stats["detail_swap"] = swap_term.detach()
         weights, weight_net_loss = weight_map(model, target, recon)
         rec = weighted_reconstruction(recon, target, weights)
         if cfg.ssim_weight > 0:
@@ -182,7 +189,8 @@ class TrainingObjective(nn.Module):
         kl_term = beta_t * (kl - capacity_t).abs() if cfg.capacity > 0 else beta_t * kl
         loss = cfg.recon_weight * rec + kl_term
         if detail_mu is not None:
-            kl_detail = kl_per_dim(detail_mu.float().flatten(1), detail_logvar.float().flatten(1)).sum(1).mean()
+            kl_detail = kl_gaussians(detail_mu.float(), detail_logvar.float(), prior_mu.float(),
+                                     prior_logvar.float()).flatten(1).sum(1).mean()
             warm = beta_t / cfg.beta if cfg.beta > 0 else 1.0  # the same warm-up as the global KL
             loss = loss + cfg.detail_beta * warm * kl_detail
             stats["kl_detail"] = kl_detail.detach()
@@ -219,8 +227,8 @@ def frozen_reader_logits(model, images: torch.Tensor) -> torch.Tensor:
 
 
 def drop_detail(detail: torch.Tensor, rate: float) -> torch.Tensor:
-    """The detail code with a ``rate`` share of the images' codes replaced by the prior mean
-    (zeros), drawn per image; masked rather than indexed, so the shapes never depend on data."""
+    """The residual detail code with a ``rate`` share of the images' residuals replaced by zeros
+    (their code by its prior mean), drawn per image; masked rather than indexed, so the shapes never depend on data."""
     if rate <= 0:
         return detail
     keep = (torch.rand(detail.shape[0], 1, 1, 1, device=detail.device) >= rate).to(detail.dtype)

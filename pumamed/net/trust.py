@@ -87,7 +87,7 @@ def batch_outputs(model, x: torch.Tensor) -> dict:
         sq = (recon - x.float()).pow(2)
         kl = kl_divergence(mu.float(), logvar.float())
         if d_mu is not None:
-            kl = kl + kl_divergence(d_mu.float().flatten(1), d_logvar.float().flatten(1))
+            kl = kl + model.detail_kl(mu, d_mu, d_logvar)
         add("mu", mu)
         add("logvar", logvar)
         add("recon", (weights * sq).flatten(1).mean(1))
