@@ -409,7 +409,8 @@ if ready:
                               format_func={"image": "this image", "resampled": "resampled", "mean": "mean"}.get,
                               help="The model has a spatial detail code beside the global code: the counterfactual "
                                    "walks the global code and holds the detail at the image's own value, a draw "
-                                   "from its posterior, or the prior mean.")
+                                   "from its posterior, or the prior mean (where the model's detail prior follows "
+                                   "the global code, the held part is the residual detail).")
 
 # --- tab 1: counterfactual + saliency ---------------------------------------------------------
 with tab_explain:

@@ -506,7 +506,9 @@ def detail_choice(path: str, stamp: float, image: np.ndarray) -> np.ndarray | No
     mode = st.radio("Detail", list(DETAIL_LABELS), format_func=DETAIL_LABELS.get, horizontal=True, key="ie_detail",
                     help="The model has a spatial detail code beside the global code. Traversals and edits move "
                          "the global code and hold the detail at the image's own value, a draw from its "
-                         "posterior, or the prior mean (what the global code alone draws).")
+                         "posterior, or the prior mean (what the global code alone draws). Where the model's "
+                         "detail prior follows the global code, the held part is the image's residual detail, "
+                         "and the detail the global code predicts moves with it.")
     return _detail(path, stamp, image, mode)
 
 
