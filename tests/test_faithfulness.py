@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from pumamed.cli import main
+from pumamed.errors import InputError
 from pumamed.explain.faithfulness import (
     faithfulness_ratio,
     lesion_localisation,
@@ -121,6 +122,38 @@ def test_the_decision_counterfactual_stops_where_the_models_decision_changed(che
     assert (proba.max(1)[sure["flipped"]] >= 0.9 - 1e-4).all()
 
 
+def test_the_centroid_walk_moves_from_the_predicted_class_towards_the_runner_up(chest_judge):
+    """The walk mu + f (centroid_t - centroid_c) with planted centroids: its frames are the
+    decoded codes along that line, it stops at the first change of the model's decision, and its
+    shift is f times the centroids' distance."""
+    from pumamed.explain.counterfactual import decision_counterfactuals
+    from pumamed.imaging import load_dataset
+
+    model = chest_judge.model
+    ds = load_dataset("pneumoniamnist", split="val", size=64)
+    images = torch.from_numpy(ds.uint8_images()[:8].astype(np.float32) / 255.0)[:, None]
+    with torch.no_grad():
+        mu = model.encode(images)[0]
+        predicted = model.predict_proba(images).argmax(1).numpy()
+    # the centroids 5 latent units apart along the head's weight, class 1 on its positive side
+    weight = model.classifier.weight[-1].detach() if hasattr(model.classifier, "weight") else None
+    direction = (weight / weight.norm()).numpy() if weight is not None else np.eye(mu.shape[1])[0]
+    centroids = np.stack([-2.5 * direction, 2.5 * direction])
+    out = decision_counterfactuals(model, images, n_search=41, centroids=centroids, centroid_span=3.0)
+    assert out["flipped"].any()
+    fractions = out["shift"] / 5.0
+    runner_up = 1 - predicted
+    with torch.no_grad():
+        codes = mu + torch.from_numpy(fractions[:, None] * (centroids[runner_up] - centroids[predicted])).float()
+        np.testing.assert_allclose(out["counterfactual"], model.decode(codes)[:, 0].numpy(), atol=1e-4)
+        on_counterfactual = model.predict_proba(torch.from_numpy(out["counterfactual"])[:, None]).argmax(1).numpy()
+    flipped = out["flipped"]
+    np.testing.assert_array_equal(on_counterfactual[flipped], runner_up[flipped])
+    assert np.allclose(fractions[~flipped], 3.0) and (fractions[flipped] <= 3.0 + 1e-6).all()
+    with pytest.raises(InputError, match="centroids"):
+        decision_counterfactuals(model, images, centroids=centroids[:1])
+
+
 def test_a_hierarchical_model_holds_the_images_own_detail_code(brain_images):
     from pumamed.explain.counterfactual import decision_counterfactuals
     from pumamed.net.model import PumaMedNet, PumaMedNetConfig
@@ -179,6 +212,13 @@ def test_evaluate_judge_end_to_end_and_its_user_errors(imaging_root, tmp_path, c
     # a valid counterfactual reached its goal and changed the judge's mind: never more than either
     assert cf["validity"]["share"] <= min(cf["judge_changed"]["share"], cf["model_decision_changed"]["share"])
     assert cf["localisation"] is None  # BreastMNIST has no lesion masks
+    # the centroid walk reads the class centroids training stored with the calibration
+    assert main(["evaluate", "--model", str(model), "--dataset", "breastmnist", "--judge", str(judge),
+                 "--counterfactual-limit", "6", "--counterfactual-direction", "centroid", "--latency-repeats", "2",
+                 "--device", "cpu", "--json"]) == 0
+    walked = json.loads(capsys.readouterr().out)["counterfactuals"]
+    assert walked["settings"]["walk"] == "centroid" and walked["n"] == 6
+    assert walked["settings"]["centroid_span"] == 3.0 and walked["settings"]["max_shift"] is None
 
     # user errors: one line, exit 2
     assert main(["evaluate", "--model", str(model), "--dataset", "breastmnist", "--counterfactual-limit", "5"]) == 2
@@ -187,6 +227,14 @@ def test_evaluate_judge_end_to_end_and_its_user_errors(imaging_root, tmp_path, c
     assert "another model" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(judge), "--dataset", "breastmnist", "--judge", str(model)]) == 2
     assert "not a PumaMedNet" in capsys.readouterr().err
+    (model / "trust.safetensors").unlink()
+    (model / "trust.json").unlink()
+    assert main(["evaluate", "--model", str(model), "--dataset", "breastmnist", "--judge", str(judge),
+                 "--counterfactual-direction", "centroid"]) == 2
+    assert "calibrate --model" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(model), "--dataset", "breastmnist",
+                 "--counterfactual-direction", "centroid"]) == 2
+    assert "--judge" in capsys.readouterr().err
 
 
 def test_detail_options_are_checked(tmp_path, capsys):

@@ -148,6 +148,19 @@ def test_calibrate_writes_trust_and_the_threshold_flags_the_stated_share(imaging
     assert trust.threshold == pytest.approx(np.quantile(scores, 0.9))
     assert abs(trust.flagged(scores).mean() - 0.1) <= 1.5 / len(scores)
     assert T.ood_auroc(scores, scores) == pytest.approx(0.5)  # the model's own images against themselves
+    # the mean training code of each class, for the centroid counterfactual
+    train = load_arrays(["breastmnist"], "train", 32)
+    mu = T.model_outputs(loaded.model, train.images, "cpu")["mu"]
+    labels = train.labels.numpy()
+    assert trust.class_centroids.shape == (2, loaded.model.config.latent_dim)
+    np.testing.assert_allclose(trust.class_centroids[1], mu[labels == 1].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_class_centroids_known_answer():
+    mu = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [0.0, 6.0]])
+    np.testing.assert_allclose(T.class_centroids(mu, [0, 0, 1, 1], "multiclass"), [[1.0, 0.0], [0.0, 5.0]])
+    assert T.class_centroids(mu, [0, 0, 2, 2], "multiclass") is None  # class 1 has no images
+    assert T.class_centroids(mu, np.eye(4)[:, :2], "multilabel") is None
 
 
 def test_evaluate_reports_calibration_and_ood(imaging_root, tiny_checkpoint, tmp_path, one_torch_thread):

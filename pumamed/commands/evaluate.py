@@ -30,6 +30,10 @@ def register(subparsers) -> None:
     p.add_argument("--counterfactual-confidence", type=float, default=0.0, metavar="P",
                    help="with --judge: walk on until the model gives its new class at least this probability "
                         "(default 0: stop where the decision changes)")
+    p.add_argument("--counterfactual-direction", choices=["gradient", "centroid"], default="gradient",
+                   help="with --judge: walk the global code along the classifier's gradient (default), or from "
+                        "the predicted class's mean training code towards the runner-up class's (stored by "
+                        "calibrate; up to 3 times that distance)")
     p.add_argument("--detail", choices=["image", "mean", "resampled"], default="image",
                    help="with --judge, hierarchical models: the detail code held during the walk")
     p.add_argument("--ood", help="other datasets, comma-separated (e.g. brain_tumor_mri,mini_mias): the AUROC of "
@@ -54,8 +58,9 @@ def run_evaluate(args) -> int:
         torch.set_num_threads(args.threads)
 
     if args.judge is None and (args.counterfactual_limit is not None or args.detail != "image"
-                               or args.counterfactual_confidence):
-        raise InputError("--counterfactual-limit, --counterfactual-confidence and --detail apply with --judge only")
+                               or args.counterfactual_confidence or args.counterfactual_direction != "gradient"):
+        raise InputError("--counterfactual-limit, --counterfactual-confidence, --counterfactual-direction and "
+                         "--detail apply with --judge only")
     if not 0.0 <= args.counterfactual_confidence < 1.0:
         raise InputError("--counterfactual-confidence is a probability in [0, 1)")
     if args.max_shift <= 0:
@@ -78,7 +83,8 @@ def run_evaluate(args) -> int:
                                           batch_size=min(args.batch_size, 64),
                                           counterfactual_limit=args.counterfactual_limit,
                                           max_shift=args.max_shift, detail=args.detail, seed=args.seed,
-                                          min_confidence=args.counterfactual_confidence))
+                                          min_confidence=args.counterfactual_confidence,
+                                          direction=args.counterfactual_direction))
     if args.json:
         print(json.dumps(result))
         return 0

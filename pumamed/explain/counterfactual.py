@@ -195,7 +195,7 @@ def counterfactual_gif(cf: Counterfactual, duration_ms: int = 150, scale: int = 
 
 def decision_counterfactuals(model, images, *, max_shift: float = 30.0, n_search: int = 61,
                              detail: str = "image", batch_size: int = 16, task: str | None = None,
-                             min_confidence: float = 0.0) -> dict:
+                             min_confidence: float = 0.0, centroids=None, centroid_span: float = 3.0) -> dict:
     """The latent-shift counterfactual *away from the model's decision*, for a batch of images.
 
     For each image ``x`` with code ``mu`` and predicted class ``c = argmax head(mu)``, walk the
@@ -206,6 +206,14 @@ def decision_counterfactuals(model, images, *, max_shift: float = 30.0, n_search
     least that probability: a walk past the boundary, for pictures that show the new class rather
     than a tie). The detail code (hierarchical models) is held at the image's own
     value (``detail="image"``), at the prior mean (``"mean"``) or redrawn (``"resampled"``).
+
+    ``centroids`` (classes x latent_dim, the mean training code of each class, as
+    ``trust.class_centroids`` stores): walk instead from ``mu`` along the difference between
+    the centroid of the runner-up class (the second most probable on ``mu``) and that of ``c``,
+    ``mu + f (centroid_t - centroid_c)`` for ``f`` on ``n_search`` points over
+    ``0..centroid_span``. That direction is what separates the classes in the training codes,
+    not what moves the classifier fastest: the gradient finds the shortest way across the
+    model's boundary, often by edits a second classifier does not read as the other class.
 
     ``images``: N x 1 x S x S in [0, 1] (float tensor or array). Returns NumPy arrays:
     ``reconstruction`` and ``counterfactual`` (N x S x S, both decoded, so the autoencoder's own
@@ -226,22 +234,36 @@ def decision_counterfactuals(model, images, *, max_shift: float = 30.0, n_search
     images = torch.as_tensor(np.asarray(images, dtype=np.float32) if not torch.is_tensor(images) else images)
     was_training = model.training
     model.eval()
-    grid = torch.linspace(0.0, float(max_shift), n_search, device=device)[1:]
+    if centroids is not None:
+        centroids = torch.as_tensor(np.asarray(centroids, dtype=np.float32), device=device)
+        if centroids.ndim != 2 or len(centroids) < 2 or not centroid_span > 0:
+            raise InputError("centroids must be classes x latent_dim (at least two classes) and centroid_span positive")
+        grid = torch.linspace(0.0, float(centroid_span), n_search, device=device)[1:]
+    else:
+        grid = torch.linspace(0.0, float(max_shift), n_search, device=device)[1:]
     out = {k: [] for k in ("reconstruction", "counterfactual", "predicted", "decision", "flipped", "shift")}
     try:
         for start in range(0, len(images), batch_size):
             x = images[start:start + batch_size].to(device).float()
             with torch.no_grad():
                 mu, detail_code = _encode_for_explanation(model, x, detail)
-                predicted = head_probabilities(model, mu, task).argmax(1)
-            z = mu.detach().clone().requires_grad_(True)
-            frames = _decode(model, z, detail_code)
+                start_probabilities = head_probabilities(model, mu, task)
+                predicted = start_probabilities.argmax(1)
             rows = torch.arange(len(x), device=device)
-            frame_mu, _ = model.encode(frames)
-            p = head_probabilities(model, frame_mu, task)[rows, predicted]
-            (grad,) = torch.autograd.grad(p.sum(), z)
-            norms = grad.norm(dim=1, keepdim=True)
-            unit = torch.where(norms > 0, -grad / norms.clamp_min(1e-12), torch.zeros_like(grad))
+            if centroids is None:
+                z = mu.detach().clone().requires_grad_(True)
+                frames = _decode(model, z, detail_code)
+                frame_mu, _ = model.encode(frames)
+                p = head_probabilities(model, frame_mu, task)[rows, predicted]
+                (grad,) = torch.autograd.grad(p.sum(), z)
+                norms = grad.norm(dim=1, keepdim=True)
+                unit = torch.where(norms > 0, -grad / norms.clamp_min(1e-12), torch.zeros_like(grad))
+            else:
+                with torch.no_grad():
+                    frames = _decode(model, mu, detail_code)
+                    runner_up = start_probabilities.masked_fill(
+                        torch.nn.functional.one_hot(predicted, start_probabilities.shape[1]).bool(), -1.0).argmax(1)
+                    unit = centroids[runner_up] - centroids[predicted]  # the grid is in fractions of it
             with torch.no_grad():
                 recon = frames.detach()
                 b, steps = len(x), len(grid)
@@ -262,7 +284,7 @@ def decision_counterfactuals(model, images, *, max_shift: float = 30.0, n_search
             out["predicted"].append(predicted.cpu())
             out["decision"].append(decisions[rows, index].cpu())
             out["flipped"].append(flipped.cpu())
-            out["shift"].append(grid[index].cpu())
+            out["shift"].append((grid[index] * unit.norm(dim=1)).cpu())
     finally:
         model.train(was_training)
     return {k: torch.cat(v).numpy() for k, v in out.items()}

@@ -140,8 +140,10 @@ def score_faithfulness(model, judge, images, labels, task: str, class_names, dev
 def faithfulness_report(model_dir, dataset: str, judge_dir, split: str = "test", data_dir=None, device=None,
                         batch_size: int = 64, counterfactual_limit: int | None = None, max_shift: float = 30.0,
                         n_search: int = 61, detail: str = "image", seed: int = 0,
-                        min_confidence: float = 0.0) -> dict:
-    """The ``faithfulness`` and ``counterfactuals`` blocks of ``evaluate --judge`` (JSON-able)."""
+                        min_confidence: float = 0.0, direction: str = "gradient", centroid_span: float = 3.0) -> dict:
+    """The ``faithfulness`` and ``counterfactuals`` blocks of ``evaluate --judge`` (JSON-able).
+    ``direction``: ``"gradient"`` or ``"centroid"`` (the classes' mean training codes, from the
+    checkpoint's trust file; see :func:`pumamed.explain.counterfactual.decision_counterfactuals`)."""
     import torch
 
     from pumamed.config import select_device
@@ -179,9 +181,19 @@ def faithfulness_report(model_dir, dataset: str, judge_dir, split: str = "test",
                                                 "this dataset is multi-label"}
         return report
 
+    centroids = None
+    if direction == "centroid":
+        trust = loaded.trust
+        centroids = trust.class_centroids if trust is not None else None
+        if centroids is None:
+            raise InputError(f"{model_dir} stores no class centroids for the centroid walk: run python -m pumamed "
+                             f"calibrate --model {model_dir}")
+    elif direction != "gradient":
+        raise InputError(f"direction must be gradient or centroid, got {direction!r}")
     chosen = stratified_subset(labels, counterfactual_limit, seed)
     walked = decision_counterfactuals(model, images[chosen], max_shift=max_shift, n_search=n_search, detail=detail,
-                                      batch_size=16, task=task, min_confidence=min_confidence)
+                                      batch_size=16, task=task, min_confidence=min_confidence,
+                                      centroids=centroids, centroid_span=centroid_span)
     cf = torch.from_numpy(walked["counterfactual"])[:, None]
     rc = torch.from_numpy(walked["reconstruction"])[:, None]
     judge_cf = decisions(judge_probabilities(judge, cf, device, batch_size), task)
@@ -196,7 +208,9 @@ def faithfulness_report(model_dir, dataset: str, judge_dir, split: str = "test",
         "model_decision_changed": proportion_with_interval(walked["flipped"]),
         "proximity_ssim": mean_with_interval(proximity),
         "shift": mean_with_interval(walked["shift"]),
-        "settings": {"direction": "away from the model's predicted class", "max_shift": max_shift,
+        "settings": {"direction": "away from the model's predicted class", "walk": direction,
+                     "max_shift": max_shift if direction == "gradient" else None,
+                     "centroid_span": centroid_span if direction == "centroid" else None,
                      "n_search": n_search, "min_confidence": min_confidence, "detail": detail if getattr(model, "has_detail", False) else None,
                      "through": "image (decoded and re-encoded frames)", "seed": seed},
         "definition": "validity: the model's decision changed within max_shift and the judge's decision on the "

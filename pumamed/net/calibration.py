@@ -24,6 +24,7 @@ from pumamed.net.trust import (
     TRUST_TENSORS,
     Trust,
     calibration_figures,
+    class_centroids,
     combine,
     ece_noise_floor,
     fit_code_gaussian,
@@ -151,9 +152,13 @@ def calibrate_checkpoint(model_dir, dataset: str | None = None, data_dir=None, d
                                                         "of the other modalities (ties: mean)",
                                                 "candidates_val_auroc": table},
             "val": {"n": int(len(score_val)), "false_alarm_rate": float(trust.flagged(score_val).mean())}}
-        atomic_save_tensors(folder / TRUST_TENSORS, {"code_mean": torch.from_numpy(trust.code_mean),
-                                                     "code_precision": torch.from_numpy(trust.code_precision)},
-                            metadata={"format": TRUST_FORMAT})
+        tensors = {"code_mean": torch.from_numpy(trust.code_mean),
+                   "code_precision": torch.from_numpy(trust.code_precision)}
+        if has_head:
+            trust.class_centroids = class_centroids(train["mu"], train["labels"], loaded.task)
+            if trust.class_centroids is not None:
+                tensors["class_centroids"] = torch.from_numpy(trust.class_centroids)
+        atomic_save_tensors(folder / TRUST_TENSORS, tensors, metadata={"format": TRUST_FORMAT})
         log(f"OOD score: {' + '.join(features)}; threshold {trust.threshold:.3f} (validation quantile {quantile})")
     trust.report = report
     if report_test:

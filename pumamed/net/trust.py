@@ -6,7 +6,8 @@ Both are fitted after training on the *validation* split only and stored beside 
   2017), the OOD score's definition (which features, their standardisation), its threshold, and
   the figures measured when it was fitted (validation) and reported once (test);
 * ``trust.safetensors``: the mean and precision matrix of the training codes ``mu`` (for the
-  Mahalanobis feature).
+  Mahalanobis feature) and, for a classifier, the mean code of each class on the training split
+  (``class_centroids``, what the centroid counterfactual walks between).
 
 **OOD score.** Per image, from what the model computes anyway: ``recon``, the reconstruction
 error weighted by the model's own loss-weight map (``model.reconstruct`` = posterior mean, so
@@ -129,6 +130,7 @@ class Trust:
     threshold: float | None = None
     code_mean: np.ndarray | None = None
     code_precision: np.ndarray | None = None
+    class_centroids: np.ndarray | None = None  # classes x latent_dim, mean training code per class
     report: dict = field(default_factory=dict)
 
     @property
@@ -227,7 +229,22 @@ def load_trust(folder) -> Trust | None:
             trust.code_precision = tensors["code_precision"].double().numpy()
         except KeyError as exc:
             raise CheckpointError(f"{folder / TRUST_TENSORS} lacks {exc}") from exc
+        if "class_centroids" in tensors:  # checkpoints calibrated before centroids have none
+            trust.class_centroids = tensors["class_centroids"].double().numpy()
     return trust
+
+
+def class_centroids(mu: np.ndarray, labels, task: str | None) -> np.ndarray | None:
+    """The mean code of each class (classes x latent_dim) for a binary or multiclass task; None
+    for other tasks or a class without training images."""
+    if labels is None or task not in ("binary", "multiclass"):
+        return None
+    labels = np.asarray(labels).reshape(len(mu), -1)[:, 0].astype(int)
+    present = np.unique(labels)
+    classes = int(labels.max()) + 1
+    if len(present) != classes or classes < 2:
+        return None
+    return np.stack([np.asarray(mu, dtype=np.float64)[labels == k].mean(0) for k in range(classes)])
 
 
 # --- temperature scaling and calibration figures -----------------------------------------------
