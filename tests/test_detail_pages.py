@@ -79,3 +79,24 @@ def test_a_model_without_a_detail_code_offers_no_choice(monkeypatch, imaging_roo
     at = open_page(EXPLORER)
     _ok(at)
     assert not [r for r in at.radio if r.key == "ie_detail"]
+
+
+@pytest.mark.slow
+def test_the_explain_page_walks_between_class_centres_when_the_model_stores_them(monkeypatch, imaging_root,
+                                                                               tmp_path):
+    """The shipped brain model's calibration stores each class's mean training code: the page
+    offers the walk between class centres (the default) and the classifier's gradient."""
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent
+    shutil.copytree(root / "models" / "brain", tmp_path / "brain")
+    monkeypatch.setenv("PUMAMED_MODELS_DIR", str(tmp_path))
+    at = open_page(EXPLAIN)
+    _ok(at)
+    assert at.radio(key="ea_walk").value == "centroids"
+    captions = " ".join(c.value for c in at.caption)
+    assert "between the class centres" in captions
+    at.radio(key="ea_walk").set_value("gradient")
+    at.run()
+    _ok(at)
+    assert "along the classifier's gradient" in " ".join(c.value for c in at.caption)

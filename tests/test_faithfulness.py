@@ -152,6 +152,13 @@ def test_the_centroid_walk_moves_from_the_predicted_class_towards_the_runner_up(
     assert np.allclose(fractions[~flipped], 3.0) and (fractions[flipped] <= 3.0 + 1e-6).all()
     with pytest.raises(InputError, match="centroids"):
         decision_counterfactuals(model, images, centroids=centroids[:1])
+    # the per-class walk of the pages follows the same line, towards the chosen class
+    from pumamed.explain.counterfactual import latent_shift
+
+    cf = latent_shift(model, images[0, 0], 1, direction="increase", centroids=centroids, n_frames=3)
+    with torch.no_grad():
+        expected = model.decode(mu[:1] + torch.from_numpy(cf.lambdas[:, None] * direction[None]).float())
+    np.testing.assert_allclose(cf.frames, expected[:, 0].clamp(0, 1).numpy(), atol=1e-4)
 
 
 def test_a_hierarchical_model_holds_the_images_own_detail_code(brain_images):

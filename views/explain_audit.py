@@ -71,14 +71,22 @@ def _codes(model_path: str, dataset: str, split: str, max_items: int | None):
 
 @st.cache_data(show_spinner="Searching the counterfactual…", max_entries=32)
 def _counterfactual(model_path: str, dataset: str, split: str, index: int, target: int, direction: str,
-                    change: float, detail: str = "image"):
+                    change: float, detail: str = "image", walk: str = "gradient"):
     from pumamed.explain.counterfactual import counterfactual_gif, latent_shift
 
     loaded = _load_model(model_path)
     ds = _dataset(dataset, split, loaded.image_size, _task(loaded, dataset))
+    centroids = _class_centroids(model_path) if walk == "centroids" else None
     cf = latent_shift(loaded.model, ds[index][0], target, target_change=change, direction=direction,
-                      class_names=loaded.class_names, task=loaded.task, detail=detail)
+                      class_names=loaded.class_names, task=loaded.task, detail=detail, centroids=centroids)
     return cf, counterfactual_gif(cf)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _class_centroids(model_path: str):
+    """The mean training code of each class, stored with the calibration (None before it)."""
+    trust = _load_model(model_path).trust
+    return None if trust is None else trust.class_centroids
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -403,6 +411,15 @@ if ready:
         direction = st.radio("Counterfactual", ["decrease", "increase", "both"], horizontal=True, key="ea_dir",
                              help="decrease: remove the evidence for the class (Gifsplanation); increase: add it")
         change = st.slider("Stop when the probability moved by", 0.05, 0.8, 0.3, 0.05, key="ea_change")
+        walk = "gradient"
+        if _class_centroids(selection["model"]) is not None:
+            walk = st.radio("Walk", ["centroids", "gradient"], horizontal=True, key="ea_walk",
+                            format_func={"centroids": "between class centres", "gradient": "classifier gradient"}.get,
+                            help="Between class centres: along the line from the most likely other class's mean "
+                                 "training code to this class's (what separates the classes in the data; its "
+                                 "counterfactuals change a second classifier's decision far more often). "
+                                 "Classifier gradient: the fastest way to move this model's probability, often by "
+                                 "edits that only this model reads.")
         detail = "image"
         if getattr(getattr(loaded, "model", None), "has_detail", False):
             detail = st.radio("Detail", ["image", "resampled", "mean"], horizontal=True, key="ea_detail",
@@ -426,7 +443,7 @@ with tab_explain:
                 st.caption("The counterfactual walk below follows the classifier's own (uncalibrated) probability.")
         with guarded("Counterfactual"):
             cf, gif = _counterfactual(selection["model"], selection["dataset"], selection["split"], index, target,
-                                      direction, change, detail)
+                                      direction, change, detail, walk)
             meta = dataset_obj.metadata.iloc[index]
             truth = meta.get("class_name", meta.get("label", "?"))
             st.subheader(f"What would have to change for the model to be {'less' if direction != 'increase' else 'more'} "
@@ -438,7 +455,9 @@ with tab_explain:
                        f"input: {maps.probability:.3f}. The walk starts from its reconstruction, re-encoded "
                        f"(p = {cf.start_probability:.3f}), and ends at p = {cf.end_probability:.3f} after a latent "
                        "shift of "
-                       f"{float(cf.lambdas[np.argmax(np.abs(cf.lambdas))]):+.2f} along the classifier's gradient"
+                       f"{float(cf.lambdas[np.argmax(np.abs(cf.lambdas))]):+.2f} "
+                       + ("along the line between the class centres" if walk == "centroids"
+                          else "along the classifier's gradient")
                        + ("" if cf.reached else f" (the requested change of {change:.2f} was not reached)") + ".")
             left, mid, right = st.columns(3)
             left.plotly_chart(_grey(cf.original, "input"), width="stretch")
