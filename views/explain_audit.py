@@ -459,8 +459,11 @@ with tab_explain:
                        + ("along the line between the class centres" if walk == "centroids"
                           else "along the classifier's gradient")
                        + ("" if cf.reached else f" (the requested change of {change:.2f} was not reached)") + ".")
-            left, mid, right = st.columns(3)
+            # the reconstruction beside the input: the walk starts there, so the difference map is
+            # read against it, and it shows what the model's picture keeps of the lesion
+            left, recon_col, mid, right = st.columns(4)
             left.plotly_chart(_grey(cf.original, "input"), width="stretch")
+            recon_col.plotly_chart(_grey(cf.reconstruction, "reconstruction"), width="stretch")
             mid.plotly_chart(_grey(cf.counterfactual, "counterfactual"), width="stretch")
             right.plotly_chart(_heatmap(cf.difference, "counterfactual − reconstruction"),
                                width="stretch")
