@@ -109,8 +109,10 @@ def run_evaluate(args) -> int:
               f"reconstructions; faithfulness {'n/a' if ratio is None else f'{ratio:.3f}'}")
     cf = result.get("counterfactuals")
     if cf and "validity" in cf:
-        print(f"  counterfactuals (n = {cf['n']}): judge flips {cf['validity']['share']:.1%}, model flips "
-              f"{cf['model_decision_changed']['share']:.1%}, proximity SSIM {cf['proximity_ssim']['mean']:.3f}")
+        walk = (cf.get("settings") or {}).get("walk", "gradient")
+        print(f"  counterfactuals (n = {cf['n']}, {walk} walk): validity {cf['validity']['share']:.1%} (the model's "
+              f"and the judge's decisions both changed; the model's alone {cf['model_decision_changed']['share']:.1%}), "
+              f"proximity SSIM {cf['proximity_ssim']['mean']:.3f}")
         if cf.get("localisation"):
             print(f"    lesion localisation ratio {cf['localisation']['ratio']['mean']:.2f} "
                   f"({cf['localisation']['n_with_lesion']} images with a lesion)")
