@@ -226,6 +226,11 @@ def test_evaluate_judge_end_to_end_and_its_user_errors(imaging_root, tmp_path, c
     walked = json.loads(capsys.readouterr().out)["counterfactuals"]
     assert walked["settings"]["walk"] == "centroid" and walked["n"] == 6
     assert walked["settings"]["centroid_span"] == 3.0 and walked["settings"]["max_shift"] is None
+    assert main(["evaluate", "--model", str(model), "--dataset", "breastmnist", "--judge", str(judge),
+                 "--counterfactual-limit", "6", "--counterfactual-direction", "centroid", "--latency-repeats", "2",
+                 "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "counterfactuals (n = 6, centroid walk): validity" in text and "faithfulness" in text
 
     # user errors: one line, exit 2
     assert main(["evaluate", "--model", str(model), "--dataset", "breastmnist", "--counterfactual-limit", "5"]) == 2
