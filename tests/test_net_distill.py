@@ -70,12 +70,34 @@ def test_cli_distils_from_a_resnet_teacher_and_refuses_a_mismatched_one(imaging_
                  "--bootstrap", "10"]) == 2
     assert "at least 100" in capsys.readouterr().err
 
-    # a teacher for another image size, and a nonsense weight, are refused with one line
+    # a teacher of another image size reads the student's images resized to its own
+    bigger = tmp_path / "student64"
     assert main(["train", "--size", "64", "--widths", "8,16,32", "--latent", "8", "--quiet", *common,
-                 "--teacher", str(teacher), "--out", str(tmp_path / "bad")]) == 2
+                 "--teacher", str(teacher), "--out", str(bigger)]) == 0
+    capsys.readouterr()
+    assert f"resized to its {SIZE} px" in json.loads((bigger / "config.json").read_text())["data"]["teacher"][
+        "description"]
+    # a teacher of other classes, and a nonsense weight, are refused with one line
+    other = tmp_path / "other_classes"
+    assert main(["train", "--arch", "resnet18", "--size", str(SIZE), "--quiet", "--dataset", "pneumoniamnist",
+                 "--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "8", "--no-test",
+                 "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["train", *TINY_CLI, *common, "--teacher", str(other), "--out", str(tmp_path / "bad")]) == 2
     assert "does not match this run" in capsys.readouterr().err
     assert main(["train", *TINY_CLI, *common, "--teacher", str(teacher), "--distill-weight", "1.5",
                  "--out", str(tmp_path / "bad2")]) == 2
+
+
+def test_a_teacher_of_another_size_reads_the_images_resized_to_its_own():
+    from pumamed.net.pipeline import ResizedInput
+
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16, 3))
+    images = torch.rand(2, 1, 32, 32)
+    expected = teacher(torch.nn.functional.interpolate(images, size=(16, 16), mode="bilinear", antialias=True,
+                                                       align_corners=False))
+    torch.testing.assert_close(ResizedInput(teacher, 16)(images), expected)
 
 
 def test_an_ensemble_teacher_is_the_mean_of_its_members_logits():

@@ -51,7 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap on steps per epoch (quick runs)")
     p.add_argument("--init", help="checkpoint folder of a pretrained PumaMedNet to transfer from")
     p.add_argument("--teacher", help="checkpoint folder of a trained classifier (e.g. the ResNet-18 baseline, same "
-                                     "classes and size) whose soft labels the classifier head also learns from; "
+                                     "classes; one of another image size reads the images resized to its own) "
+                                     "whose soft labels the classifier head also learns from; "
                                      "several folders, comma-separated, teach as one ensemble (mean logits)")
     p.add_argument("--distill-weight", type=float, default=0.5,
                    help="with --teacher: share of the classification loss given to the teacher's soft labels")

@@ -150,6 +150,21 @@ class TeacherEnsemble(nn.Module):
         return torch.stack(logits).mean(0)
 
 
+class ResizedInput(nn.Module):
+    """A classifier trained at another image size, reading each batch resized to its own
+    (bilinear, antialiased): a 64-px model can teach a 128-px student."""
+
+    def __init__(self, model: nn.Module, size: int):
+        super().__init__()
+        self.model = model
+        self.size = int(size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = nn.functional.interpolate(images, size=(self.size, self.size), mode="bilinear",
+                                           antialias=True, align_corners=False)
+        return self.model.classify(images) if hasattr(self.model, "classify") else self.model(images)
+
+
 def _load_one_teacher(folder: Path, train: ArrayData, size: int):
     loaded = ckpt.load_model(folder, device="cpu")
     model_cfg = loaded.config.get("model", {})
@@ -161,8 +176,6 @@ def _load_one_teacher(folder: Path, train: ArrayData, size: int):
         problems.append(f"classes {model_cfg.get('class_names')} (this run: {list(train.class_names)})")
     if model_cfg.get("task") != train.task:
         problems.append(f"task {model_cfg.get('task')!r} (this run: {train.task!r})")
-    if int(model_cfg.get("image_size", size)) != size:
-        problems.append(f"image size {model_cfg.get('image_size')} px (this run: {size} px)")
     if problems:
         raise InputError(f"the `teacher` model in {folder} does not match this run: " + "; ".join(problems))
     val_auc = None
@@ -173,12 +186,18 @@ def _load_one_teacher(folder: Path, train: ArrayData, size: int):
         pass
     name = "ResNet-18" if loaded.arch == "resnet18" else "PumaMedNet"
     description = f"{name} from {Path(folder).name}" + (f" (val macro AUC {val_auc:.4f})" if val_auc else "")
-    return loaded.model, {"path": str(folder), "arch": loaded.arch, "val_auc": val_auc, "description": description}
+    teacher, teacher_size = loaded.model, int(model_cfg.get("image_size", size))
+    if teacher_size != size:
+        teacher = ResizedInput(teacher, teacher_size)
+        description += f", reading the {size}-px images resized to its {teacher_size} px"
+    return teacher, {"path": str(folder), "arch": loaded.arch, "val_auc": val_auc, "description": description,
+                     "image_size": teacher_size}
 
 
 def load_teacher(folders, train: ArrayData, size: int):
     """Trained classifier checkpoints (safetensors, never a pickle) for distillation, each checked
-    against the run: same classes in the same order, same task and image size. Several folders
+    against the run: same classes in the same order, same task; a teacher of another image size
+    reads the images resized to its own (:class:`ResizedInput`). Several folders
     make one ensemble teacher (mean logits). Returns (model, a description for config.json and
     the model card)."""
     if train.task not in ("binary", "multiclass", "multilabel"):
