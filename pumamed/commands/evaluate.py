@@ -46,6 +46,7 @@ def register(subparsers) -> None:
 
 def run_evaluate(args) -> int:
     import json
+    from pathlib import Path
 
     from pumamed.errors import InputError
     from pumamed.net.evaluate import evaluate_checkpoint
@@ -65,6 +66,13 @@ def run_evaluate(args) -> int:
         raise InputError("--counterfactual-confidence is a probability in [0, 1)")
     if args.max_shift <= 0:
         raise InputError("--max-shift must be positive")
+    if args.judge is not None and args.counterfactual_direction == "centroid" and Path(args.model).is_dir():
+        from pumamed.net.trust import load_trust
+
+        trust = load_trust(args.model)  # said before the minutes of evaluation, not after
+        if trust is None or trust.class_centroids is None:
+            raise InputError(f"{args.model} stores no class centroids for the centroid walk: run python -m pumamed "
+                             f"calibrate --model {args.model}")
     result = evaluate_checkpoint(args.model, args.dataset, split=args.split, data_dir=args.data_dir,
                                  device=args.device, batch_size=args.batch_size,
                                  latency_repeats=args.latency_repeats, against=args.against,
