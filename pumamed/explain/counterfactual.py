@@ -85,6 +85,14 @@ def _decode(model, codes, held):
     return model.decode(codes) if held is None else model.decode(codes, held)
 
 
+def _runner_up(probabilities, excluded):
+    """Per row, the most probable class other than ``excluded`` (a class index per row)."""
+    import torch
+
+    mask = torch.nn.functional.one_hot(excluded, probabilities.shape[1]).bool()
+    return probabilities.masked_fill(mask, -1.0).argmax(1)
+
+
 def _stop_index(probabilities: np.ndarray, start: float, target_change: float) -> tuple[int, bool]:
     moved = np.abs(probabilities - start) >= target_change
     if moved.any():
@@ -133,9 +141,9 @@ def latent_shift(model, image, target_class: int, *, target_change: float = 0.3,
             if centres.ndim != 2 or len(centres) < 2 or target_class >= len(centres):
                 raise InputError("centroids must be classes x latent_dim, one row per class")
             with torch.no_grad():
-                others = head_probabilities(model, mu, task)[0].clone()
-                others[target_class] = -1.0
-                towards = centres[target_class] - centres[int(others.argmax())]
+                target = torch.tensor([target_class], device=device)
+                other = int(_runner_up(head_probabilities(model, mu, task), target)[0])
+                towards = centres[target_class] - centres[other]
             grad_norm = float(towards.norm())
             unit = (towards / grad_norm if grad_norm > 0 else torch.zeros_like(towards))[None]
         else:
@@ -278,8 +286,7 @@ def decision_counterfactuals(model, images, *, max_shift: float = 30.0, n_search
             else:
                 with torch.no_grad():
                     frames = _decode(model, mu, detail_code)
-                    runner_up = start_probabilities.masked_fill(
-                        torch.nn.functional.one_hot(predicted, start_probabilities.shape[1]).bool(), -1.0).argmax(1)
+                    runner_up = _runner_up(start_probabilities, predicted)
                     unit = centroids[runner_up] - centroids[predicted]  # the grid is in fractions of it
             with torch.no_grad():
                 recon = frames.detach()
@@ -301,7 +308,8 @@ def decision_counterfactuals(model, images, *, max_shift: float = 30.0, n_search
             out["predicted"].append(predicted.cpu())
             out["decision"].append(decisions[rows, index].cpu())
             out["flipped"].append(flipped.cpu())
-            out["shift"].append((grid[index] * unit.norm(dim=1)).cpu())
+            # latent units: the gradient walk's grid is in them, the centroid walk's in fractions of unit
+            out["shift"].append((grid[index] * unit.norm(dim=1) if centroids is not None else grid[index]).cpu())
     finally:
         model.train(was_training)
     return {k: torch.cat(v).numpy() for k, v in out.items()}
