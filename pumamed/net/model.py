@@ -385,12 +385,9 @@ class Decoder(nn.Module):
             h = self.from_latent(z).reshape(z.shape[0], *self.start_shape)
             return torch.sigmoid(self.to_image(self.body(h)))
         features = self.top_down(z)
-        code = self.prior(features)[0] if hasattr(self, "detail_prior") else None
+        code = self.prior(features)[0]  # zeros for the standard prior
         if detail is not None:
-            detail = detail.to(features.dtype)
-            code = detail if code is None else code + detail
-        if code is None:
-            code = features.new_zeros(features.shape[0], *self.detail_shape)
+            code = code + detail.to(features.dtype)
         return self.bottom_up(features, code)
 
 
