@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "pumamed.commands.train",
     "pumamed.commands.evaluate",
     "pumamed.commands.calibrate",
+    "pumamed.commands.refit_head",
     "pumamed.commands.audit",
     "pumamed.commands.epi",
     "pumamed.commands.bench",
