@@ -95,6 +95,7 @@ def refit_head(model, train, val, *, hidden_options=HIDDEN_OPTIONS, weight_decay
         raise InputError(f"the model predicts {list(model.config.class_names)} but the data has classes "
                          f"{list(train.class_names)}")
     log = log or (lambda message: None)
+    device = torch.device(device)
     model = model.to(device).eval()
     mu_train = batched_outputs(model, train.images, device, want_recon=False)["mu"]
     mu_val = batched_outputs(model, val.images, device, want_recon=False)["mu"]
