@@ -89,7 +89,8 @@ def make_card(config: dict, metrics: dict) -> str:
         lines.append(f"- classifier head refitted on the frozen encoder's codes of the clean training images "
                      f"(`python -m pumamed refit-head --model {refit.get('from')}`): {form}, weight decay "
                      f"{refit.get('weight_decay')}; validation macro AUC {_fmt(refit.get('val_macro_auc_before'))} -> "
-                     f"{_fmt(refit.get('val_macro_auc_after'))}; encoder and decoder unchanged")
+                     f"{_fmt(refit.get('val_macro_auc_after'))}; encoder and decoder unchanged, so the decoder draws what "
+                     f"the earlier head read: counterfactuals of this head convince an independent judge less often")
     lines.append(f"- data: {', '.join(names)}; train n = {data.get('n_train')}, validation n = {data.get('n_val')}")
     lines.append(f"- epochs {training.get('epochs_done')} of {training.get('epochs')} (best on validation: "
                  f"epoch {training.get('best_epoch')}), batch {training.get('batch_size')} x {training.get('world_size', 1)} "

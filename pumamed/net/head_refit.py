@@ -9,6 +9,13 @@ clean training codes reaches 0.993 (docs/faithfulness.md, run P11). The encoder,
 so every picture stay exactly as they were; only the head that reads ``mu`` changes, and it is
 chosen on the validation split.
 
+What it costs: a model trained with the detail swap (``train --detail-swap``) has a decoder that
+learned to draw what *its own* head reads. A refitted head reads other, finer directions of the
+code, so a counterfactual walk stops at pictures an independent judge reads as the old class far
+more often (128-px brain, validation: judge validity 77.5 % with the jointly trained head, 37.5 %
+with the refitted one; run P15). Refit for classification; keep the jointly trained head where the
+pictures must explain the decision.
+
 The head keeps the model's own form (:func:`pumamed.net.model._make_head`: linear, or one hidden
 layer), so everything that reads ``model.classifier(mu)`` (explanations, counterfactuals, trust
 calibration) works unchanged.
