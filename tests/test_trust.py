@@ -156,6 +156,35 @@ def test_calibrate_writes_trust_and_the_threshold_flags_the_stated_share(imaging
     np.testing.assert_allclose(trust.class_centroids[1], mu[labels == 1].mean(0), rtol=1e-5, atol=1e-6)
 
 
+def test_a_hierarchical_model_offers_its_detail_code_as_an_ood_feature(imaging_root, tmp_path, one_torch_thread):
+    """A model with a detail code gets ``detail_mahalanobis`` among the candidates; its Gaussian is
+    stored beside the code's, reloads, and gives the same distances as the pooled codes it was fitted
+    on (the training images' mean distance is about the pooled code's size, 4 x 4 per channel)."""
+    from pumamed.net import PumaMedNet, PumaMedNetConfig, save_checkpoint
+    from pumamed.net.checkpoint import load_model
+    from pumamed.net.data import load_arrays
+
+    folder = tmp_path / "breastmnist_tiny_detail"
+    torch.manual_seed(0)
+    model = PumaMedNet(PumaMedNetConfig(num_classes=2, task="binary", class_names=["malignant", "normal+benign"],
+                                        detail_channels=2, detail_resolution=8, **TINY))
+    save_checkpoint(folder, model, config={"data": {"datasets": ["breastmnist"], "size": 32}},
+                    card_text="# breastmnist_tiny_detail\n\nRandomly initialised, for tests.")
+    report = calibrate_checkpoint(folder, device="cpu", report_test=False, select_against=["pneumoniamnist"])
+    table = report["ood"]["selection"]["candidates_val_auroc"]
+    assert "detail_mahalanobis" in table and "mahalanobis+detail_mahalanobis" in table
+    assert "detail_mahalanobis" in report["ood"]["center"]
+
+    trust = load_model(folder, device="cpu").trust
+    pooled_size = 2 * T.DETAIL_POOL * T.DETAIL_POOL
+    assert trust.detail_mean.shape == (pooled_size,) and trust.detail_precision.shape == (pooled_size, pooled_size)
+    train = load_arrays(["breastmnist"], "train", 32)
+    outputs = T.model_outputs(load_model(folder, device="cpu").model, train.images, "cpu")
+    assert outputs["detail_pooled"].shape == (len(train.images), pooled_size)
+    distances = trust.feature_values(outputs)["detail_mahalanobis"]
+    assert 0.5 * pooled_size < distances.mean() < 1.5 * pooled_size
+
+
 def test_class_centroids_known_answer():
     mu = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [0.0, 6.0]])
     np.testing.assert_allclose(T.class_centroids(mu, [0, 0, 1, 1], "multiclass"), [[1.0, 0.0], [0.0, 5.0]])

@@ -131,6 +131,8 @@ def calibrate_checkpoint(model_dir, dataset: str | None = None, data_dir=None, d
         log("encoding the training split (code mean and covariance)")
         train = _split_outputs(loaded, own, "train", data_dir, device, batch_size)
         trust.code_mean, trust.code_precision = fit_code_gaussian(train["mu"])
+        if "detail_pooled" in train:
+            trust.detail_mean, trust.detail_precision = fit_code_gaussian(train["detail_pooled"])
         raw = trust.feature_values(val)
         trust.center = {f: float(safe_log(v).mean()) for f, v in raw.items()}
         trust.scale = {f: float(max(safe_log(v).std(ddof=1), 1e-6)) for f, v in raw.items()}
@@ -154,6 +156,9 @@ def calibrate_checkpoint(model_dir, dataset: str | None = None, data_dir=None, d
             "val": {"n": int(len(score_val)), "false_alarm_rate": float(trust.flagged(score_val).mean())}}
         tensors = {"code_mean": torch.from_numpy(trust.code_mean),
                    "code_precision": torch.from_numpy(trust.code_precision)}
+        if trust.detail_mean is not None:
+            tensors["detail_mean"] = torch.from_numpy(trust.detail_mean)
+            tensors["detail_precision"] = torch.from_numpy(trust.detail_precision)
         if has_head:
             trust.class_centroids = class_centroids(train["mu"], train["labels"], loaded.task)
             if trust.class_centroids is not None:

@@ -6,14 +6,16 @@ Both are fitted after training on the *validation* split only and stored beside 
   2017), the OOD score's definition (which features, their standardisation), its threshold, and
   the figures measured when it was fitted (validation) and reported once (test);
 * ``trust.safetensors``: the mean and precision matrix of the training codes ``mu`` (for the
-  Mahalanobis feature) and, for a classifier, the mean code of each class on the training split
+  Mahalanobis feature), of a hierarchical model's pooled detail codes, and, for a classifier, the mean code of each class on the training split
   (``class_centroids``, what the centroid counterfactual walks between).
 
 **OOD score.** Per image, from what the model computes anyway: ``recon``, the reconstruction
 error weighted by the model's own loss-weight map (``model.reconstruct`` = posterior mean, so
 hierarchical models are scored the same way); ``kl``, the KL of the posterior from the prior
 (global code plus any detail code); ``mahalanobis``, the squared Mahalanobis distance of ``mu``
-to the training codes (one Gaussian, Ledoit-Wolf shrinkage). Each is log-transformed and
+to the training codes (one Gaussian, Ledoit-Wolf shrinkage); ``detail_mahalanobis``, the same for
+a hierarchical model's residual detail code average-pooled to a 4 x 4 grid per channel (texture,
+which tells modalities apart where global codes lie close). Each is log-transformed and
 standardised by its mean and standard deviation on the model's validation images; the score is
 the mean of the standardised features in the chosen subset. The subset is chosen on validation
 data: the one whose worst AUROC against the validation splits of the other registered modalities
@@ -34,13 +36,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pumamed.errors import CheckpointError
 
 TRUST_FILE = "trust.json"
 TRUST_TENSORS = "trust.safetensors"
 TRUST_FORMAT = "pumamed-trust"
-FEATURES = ("recon", "kl", "mahalanobis")
+FEATURES = ("recon", "kl", "mahalanobis", "detail_mahalanobis")
+# A hierarchical model's detail code (C x R x R) is average-pooled to C x DETAIL_POOL x DETAIL_POOL
+# before its Gaussian is fitted: the code is where the model keeps texture, which differs between
+# modalities (ultrasound speckle, X-ray grain) even where the global codes lie close; pooling keeps
+# the covariance small enough to estimate from a few thousand training images (64 numbers at C = 4).
+DETAIL_POOL = 4
 DEFAULT_QUANTILE = 0.975
 ECE_BINS = 15
 # Pairs of modalities counted as *near* OOD (same organ, another imaging technique); any other
@@ -52,8 +60,10 @@ NEAR_MODALITY_PAIRS = ({"breast_ultrasound", "mammography"},)
 @torch.no_grad()
 def model_outputs(model, images_uint8: torch.Tensor, device=None, batch_size: int = 128) -> dict:
     """Logits (when the model has a classifier) and, for PumaMedNet, ``mu``, ``logvar``, the
-    weighted reconstruction error (``recon``), the plain one (``recon_mse``) and the posterior's
-    KL (``kl``, nats, global + detail code) of uint8 N x 1 x S x S images, as NumPy arrays."""
+    weighted reconstruction error (``recon``), the plain one (``recon_mse``), the posterior's
+    KL (``kl``, nats, global + detail code) and, for a hierarchical model, its (residual) detail
+    code pooled to C x DETAIL_POOL x DETAIL_POOL (``detail_pooled``) of uint8 N x 1 x S x S images,
+    as NumPy arrays."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     parts: dict[str, list] = {}
@@ -94,6 +104,8 @@ def batch_outputs(model, x: torch.Tensor) -> dict:
         add("recon", (weights * sq).flatten(1).mean(1))
         add("recon_mse", sq.flatten(1).mean(1))
         add("kl", kl)
+        if d_mu is not None:
+            add("detail_pooled", F.adaptive_avg_pool2d(d_mu.float(), DETAIL_POOL).flatten(1))
         if getattr(model, "classifier", None) is not None:
             add("logits", model.classifier(mu))
     return out
@@ -130,6 +142,8 @@ class Trust:
     threshold: float | None = None
     code_mean: np.ndarray | None = None
     code_precision: np.ndarray | None = None
+    detail_mean: np.ndarray | None = None  # of the pooled detail codes (hierarchical models)
+    detail_precision: np.ndarray | None = None
     class_centroids: np.ndarray | None = None  # classes x latent_dim, mean training code per class
     report: dict = field(default_factory=dict)
 
@@ -146,6 +160,9 @@ class Trust:
             values["kl"] = np.asarray(outputs["kl"], dtype=np.float64)
         if "mu" in outputs and self.code_mean is not None and self.code_precision is not None:
             values["mahalanobis"] = mahalanobis(outputs["mu"], self.code_mean, self.code_precision)
+        if "detail_pooled" in outputs and self.detail_mean is not None and self.detail_precision is not None:
+            values["detail_mahalanobis"] = mahalanobis(outputs["detail_pooled"], self.detail_mean,
+                                                       self.detail_precision)
         return values
 
     def standardised(self, outputs: dict) -> dict:
@@ -231,6 +248,12 @@ def load_trust(folder) -> Trust | None:
             raise CheckpointError(f"{folder / TRUST_TENSORS} lacks {exc}") from exc
         if "class_centroids" in tensors:  # checkpoints calibrated before centroids have none
             trust.class_centroids = tensors["class_centroids"].double().numpy()
+        if "detail_mahalanobis" in trust.center:
+            try:
+                trust.detail_mean = tensors["detail_mean"].double().numpy()
+                trust.detail_precision = tensors["detail_precision"].double().numpy()
+            except KeyError as exc:
+                raise CheckpointError(f"{folder / TRUST_TENSORS} lacks {exc}") from exc
     return trust
 
 
