@@ -6,8 +6,9 @@ Both are fitted after training on the *validation* split only and stored beside 
   2017), the OOD score's definition (which features, their standardisation), its threshold, and
   the figures measured when it was fitted (validation) and reported once (test);
 * ``trust.safetensors``: the mean and precision matrix of the training codes ``mu`` (for the
-  Mahalanobis feature), of a hierarchical model's pooled detail codes, and, for a classifier, the mean code of each class on the training split
-  (``class_centroids``, what the centroid counterfactual walks between).
+  Mahalanobis feature) and of a hierarchical model's pooled detail codes, and, for a classifier,
+  the mean code of each class on the training split (``class_centroids``, what the centroid
+  counterfactual walks between).
 
 **OOD score.** Per image, from what the model computes anyway: ``recon``, the reconstruction
 error weighted by the model's own loss-weight map (``model.reconstruct`` = posterior mean, so
