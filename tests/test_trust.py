@@ -184,6 +184,16 @@ def test_a_hierarchical_model_offers_its_detail_code_as_an_ood_feature(imaging_r
     distances = trust.feature_values(outputs)["detail_mahalanobis"]
     assert 0.5 * pooled_size < distances.mean() < 1.5 * pooled_size
 
+    # a trust file whose score names the detail feature but whose tensors lack it is refused in words
+    from pumamed.errors import CheckpointError
+    from pumamed.net.files import read_tensors
+    from safetensors.torch import save_file
+
+    tensors = read_tensors(folder / T.TRUST_TENSORS)
+    save_file({k: v for k, v in tensors.items() if not k.startswith("detail_")}, str(folder / T.TRUST_TENSORS))
+    with pytest.raises(CheckpointError, match="detail_mean"):
+        T.load_trust(folder)
+
 
 def test_class_centroids_known_answer():
     mu = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [0.0, 6.0]])
