@@ -272,3 +272,32 @@ def test_a_foreign_file_is_not_taken_for_a_resume_state(tmp_path):
     ckpt.atomic_save_tensors(tmp_path / ckpt.RESUME_FILE, {"x": torch.zeros(2)}, metadata={"format": "other"})
     with pytest.raises(CheckpointError, match="not a resume state"):
         ckpt.read_resume_state(tmp_path)
+
+
+def test_keep_head_continues_the_classifier_of_the_same_classes(imaging_root, tmp_path, capsys):
+    """--init starts the classifier head afresh (a transfer to new classes needs it); --keep-head
+    continues the init model's head on the same dataset, classes and size, and is refused elsewhere."""
+    pre = tmp_path / "pre"
+    steps = ["--epochs", "1", "--max-steps-per-epoch", "1", "--batch-size", "8", "--no-test", "--no-calibrate"]
+    assert main(["train", "--dataset", "breastmnist", *TINY_CLI, *steps, "--out", str(pre)]) == 0
+    frozen = [*steps, "--lr", "0"]  # nothing moves: the head is exactly what the run started from
+    kept, fresh = tmp_path / "kept", tmp_path / "fresh"
+    assert main(["train", "--dataset", "breastmnist", "--init", str(pre), *TINY_CLI, *frozen, "--keep-head",
+                 "--out", str(kept)]) == 0
+    assert main(["train", "--dataset", "breastmnist", "--init", str(pre), *TINY_CLI, *frozen, "--out", str(fresh)]) == 0
+    capsys.readouterr()
+
+    def head(folder):
+        state = ckpt.load_model(folder, device="cpu").model.state_dict()
+        return {k: v for k, v in state.items() if k.startswith("classifier")}
+
+    source, continued, restarted = head(pre), head(kept), head(fresh)
+    assert source and set(continued) == set(source)
+    assert all(torch.equal(continued[k], source[k]) for k in source)
+    assert not all(torch.equal(restarted[k], source[k]) for k in source)
+
+    # Another dataset (other classes) or another image size: one clear message, exit code 2.
+    assert main(["train", "--dataset", "pneumoniamnist", "--init", str(pre), *TINY_CLI, *steps, "--keep-head",
+                 "--out", str(tmp_path / "other")]) == 2
+    assert "--keep-head continues a run on the same dataset" in capsys.readouterr().err
+    assert not (tmp_path / "other" / ckpt.WEIGHTS_FILE).exists()

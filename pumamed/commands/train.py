@@ -50,6 +50,9 @@ def register(subparsers) -> None:
                         "device, bf16 or fp32 (default: on; --no-cuda-graphs runs every step eagerly)")
     p.add_argument("--max-steps-per-epoch", type=int, default=0, help="cap on steps per epoch (quick runs)")
     p.add_argument("--init", help="checkpoint folder of a pretrained PumaMedNet to transfer from")
+    p.add_argument("--keep-head", action="store_true",
+                   help="with --init on the same dataset, classes and size: continue its classifier head "
+                        "instead of starting a fresh one (the default, as a transfer to new classes needs)")
     p.add_argument("--teacher", help="checkpoint folder of a trained classifier (e.g. the ResNet-18 baseline, same "
                                      "classes; one of another image size reads the images resized to its own) "
                                      "whose soft labels the classifier head also learns from; "
@@ -124,7 +127,7 @@ def run_train(args) -> int:
                                             if getattr(args, name) is not None), decoder=args.decoder, classifier_hidden=args.classifier_hidden,
                    detail_channels=args.detail_channels or 0, detail_resolution=args.detail_resolution,
                    detail_dropout=args.detail_dropout, detail_prior=args.detail_prior,
-                   init=Path(args.init) if args.init else None, teacher=teachers,
+                   init=Path(args.init) if args.init else None, keep_head=args.keep_head, teacher=teachers,
                    resume=args.resume, data_dir=args.data_dir,
                    report_test=not args.no_test, calibrate=not args.no_calibrate, train=train_cfg)
     metrics = run(spec, log=print)

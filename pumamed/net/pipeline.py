@@ -46,6 +46,7 @@ class RunSpec:
     detail_dropout: float = 0.5
     detail_prior: str | None = None  # None: the --init model's, else "standard"
     init: Path | None = None
+    keep_head: bool = False  # with init on the same dataset and classes: continue its classifier head
     teacher: tuple[Path, ...] = ()  # trained classifiers (e.g. ResNet-18 baselines) to distil from, as one ensemble
     resume: bool = False
     data_dir: str | None = None
@@ -72,9 +73,12 @@ def _check_names(names: list[str]) -> list[str]:
 SIZE_DEPENDENT = ("encoder.to_latent.", "decoder.from_latent.")
 
 
-def transfer_weights(target: torch.nn.Module, source: torch.nn.Module, *, new_size: bool = False) -> list[str]:
+def transfer_weights(target: torch.nn.Module, source: torch.nn.Module, *, new_size: bool = False,
+                     keep_head: bool = False) -> list[str]:
     """Copy every tensor of ``source`` whose name and shape match ``target`` (encoder, decoder,
-    weight net); the new classifier stays freshly initialised. Returns the copied names.
+    weight net); the new classifier stays freshly initialised, unless ``keep_head`` (a run that
+    continues training on the same classes), where the classifier's tensors are copied too and
+    must all fit. Returns the copied names.
 
     Every encoder tensor must transfer, except, with ``new_size`` (fine-tuning at another image
     size than the pretraining), the latent projection, whose input is the flattened bottleneck:
@@ -82,7 +86,13 @@ def transfer_weights(target: torch.nn.Module, source: torch.nn.Module, *, new_si
     none (its encoder head, ``encoder.to_detail``) starts fresh too."""
     src = source.state_dict()
     own = target.state_dict()
-    copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(("classifier", "aux_heads"))]
+    heads = ("aux_heads",) if keep_head else ("classifier", "aux_heads")
+    copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith(heads)]
+    if keep_head:
+        head = [k for k in own if k.startswith("classifier")]
+        if not head or any(k not in copied for k in head):
+            raise CheckpointError("`keep_head`: the `init` model's classifier head does not fit this model "
+                                  "(another number of classes, latent dimensions or hidden units)")
     encoder = [k for k in own if k.startswith("encoder.") and not (new_size and k.startswith(SIZE_DEPENDENT))
                and not (k.startswith("encoder.to_detail.") and not any(n.startswith("encoder.to_detail.") for n in src))]
     missing = [k for k in encoder if k not in copied]
@@ -325,7 +335,14 @@ def run(spec: RunSpec, log=None) -> dict:
                      "init_datasets": (init_loaded.config.get("data", {}).get("datasets", []) if init_loaded else [])}}
     transfer = {}
     if init_loaded is not None:
-        copied = transfer_weights(model, init_loaded.model, new_size=init_size != spec.size)
+        if spec.keep_head:
+            # A head reads the global code: it only carries over to the same classes at the same size.
+            init_data = init_loaded.config.get("data", {})
+            if list(init_data.get("datasets", [])) != list(names) or init_size != spec.size \
+                    or list(init_loaded.class_names) != list(train.class_names):
+                raise InputError("--keep-head continues a run on the same dataset, classes and image size; "
+                                 f"the --init model was trained on {init_data.get('datasets')} at {init_size} px")
+        copied = transfer_weights(model, init_loaded.model, new_size=init_size != spec.size, keep_head=spec.keep_head)
         log(f"initialised {len(copied)} tensors from {spec.init}")
         if train.task in ("binary", "multiclass", "multilabel") and not spec.resume:
             transfer["frozen_encoder_probe"] = linear_probe(model.to(device), train, val, test, device)
