@@ -301,3 +301,6 @@ def test_keep_head_continues_the_classifier_of_the_same_classes(imaging_root, tm
                  "--out", str(tmp_path / "other")]) == 2
     assert "--keep-head continues a run on the same dataset" in capsys.readouterr().err
     assert not (tmp_path / "other" / ckpt.WEIGHTS_FILE).exists()
+    assert main(["train", "--dataset", "breastmnist", *TINY_CLI, *steps, "--keep-head",
+                 "--out", str(tmp_path / "alone")]) == 2
+    assert "give --init DIR" in capsys.readouterr().err

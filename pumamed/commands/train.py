@@ -109,6 +109,8 @@ def run_train(args) -> int:
         widths = tuple(int(w) for w in args.widths.split(",")) if args.widths is not None else (16, 32, 64, 128)
     except ValueError as exc:
         raise InputError(f"--widths must be comma-separated integers, got {args.widths!r}") from exc
+    if args.keep_head and not args.init:
+        raise InputError("--keep-head continues the classifier head of an --init model: give --init DIR")
     workers = args.workers if args.workers is not None else (8 if torch.cuda.is_available() else 0)
     train_cfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, beta=args.beta,
