@@ -226,6 +226,14 @@ def test_evaluate_judge_end_to_end_and_its_user_errors(imaging_root, tmp_path, c
     walked = json.loads(capsys.readouterr().out)["counterfactuals"]
     assert walked["settings"]["walk"] == "centroid" and walked["n"] == 6
     assert walked["settings"]["centroid_span"] == 3.0 and walked["settings"]["max_shift"] is None
+    assert walked["settings"]["n_search"] == 61
+    # a longer walk keeps the grid step, so it only adds points beyond the shorter one's end
+    assert main(["evaluate", "--model", str(model), "--dataset", "breastmnist", "--judge", str(judge),
+                 "--counterfactual-limit", "6", "--counterfactual-direction", "centroid", "--counterfactual-span", "5",
+                 "--latency-repeats", "2", "--device", "cpu", "--json"]) == 0
+    longer = json.loads(capsys.readouterr().out)["counterfactuals"]
+    assert longer["settings"]["centroid_span"] == 5.0 and longer["settings"]["n_search"] == 101
+    assert longer["model_decision_changed"]["share"] >= walked["model_decision_changed"]["share"]
     assert main(["evaluate", "--model", str(model), "--dataset", "breastmnist", "--judge", str(judge),
                  "--counterfactual-limit", "6", "--counterfactual-direction", "centroid", "--latency-repeats", "2",
                  "--device", "cpu"]) == 0
@@ -239,6 +247,12 @@ def test_evaluate_judge_end_to_end_and_its_user_errors(imaging_root, tmp_path, c
     assert "another model" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(judge), "--dataset", "breastmnist", "--judge", str(model)]) == 2
     assert "not a PumaMedNet" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(model), "--dataset", "breastmnist", "--judge", str(judge),
+                 "--counterfactual-span", "5"]) == 2
+    assert "centroid walk" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(model), "--dataset", "breastmnist", "--judge", str(judge),
+                 "--counterfactual-direction", "centroid", "--counterfactual-span", "0"]) == 2
+    assert "positive multiple" in capsys.readouterr().err
     (model / "trust.safetensors").unlink()
     (model / "trust.json").unlink()
     assert main(["evaluate", "--model", str(model), "--dataset", "breastmnist", "--judge", str(judge),

@@ -33,7 +33,10 @@ def register(subparsers) -> None:
     p.add_argument("--counterfactual-direction", choices=["gradient", "centroid"], default="gradient",
                    help="with --judge: walk the global code along the classifier's gradient (default), or from "
                         "the predicted class's mean training code towards the runner-up class's (stored by "
-                        "calibrate; up to 3 times that distance)")
+                        "calibrate; up to --counterfactual-span times that distance)")
+    p.add_argument("--counterfactual-span", type=float, default=3.0, metavar="F",
+                   help="with --counterfactual-direction centroid: the longest walk, in multiples of the distance "
+                        "between the two classes' mean codes (default 3; 20 grid points per multiple)")
     p.add_argument("--detail", choices=["image", "mean", "resampled"], default="image",
                    help="with --judge, hierarchical models: the detail code held during the walk")
     p.add_argument("--ood", help="other datasets, comma-separated (e.g. brain_tumor_mri,mini_mias): the AUROC of "
@@ -59,9 +62,16 @@ def run_evaluate(args) -> int:
         torch.set_num_threads(args.threads)
 
     if args.judge is None and (args.counterfactual_limit is not None or args.detail != "image"
-                               or args.counterfactual_confidence or args.counterfactual_direction != "gradient"):
-        raise InputError("--counterfactual-limit, --counterfactual-confidence, --counterfactual-direction and "
-                         "--detail apply with --judge only")
+                               or args.counterfactual_confidence or args.counterfactual_direction != "gradient"
+                               or args.counterfactual_span != 3.0):
+        raise InputError("--counterfactual-limit, --counterfactual-confidence, --counterfactual-direction, "
+                         "--counterfactual-span and --detail apply with --judge only")
+    if args.counterfactual_span != 3.0 and args.counterfactual_direction != "centroid":
+        raise InputError("--counterfactual-span applies to the centroid walk (--counterfactual-direction centroid); "
+                         "the gradient walk's length is --max-shift")
+    if not 0.0 < args.counterfactual_span <= 50.0:
+        raise InputError("--counterfactual-span is a positive multiple of the distance between class means, "
+                         "at most 50")
     if not 0.0 <= args.counterfactual_confidence < 1.0:
         raise InputError("--counterfactual-confidence is a probability in [0, 1)")
     if args.max_shift <= 0:
@@ -92,7 +102,8 @@ def run_evaluate(args) -> int:
                                           counterfactual_limit=args.counterfactual_limit,
                                           max_shift=args.max_shift, detail=args.detail, seed=args.seed,
                                           min_confidence=args.counterfactual_confidence,
-                                          direction=args.counterfactual_direction))
+                                          direction=args.counterfactual_direction,
+                                          centroid_span=args.counterfactual_span))
     if args.json:
         print(json.dumps(result))
         return 0

@@ -190,6 +190,10 @@ def faithfulness_report(model_dir, dataset: str, judge_dir, split: str = "test",
                              f"calibrate --model {model_dir}")
     elif direction != "gradient":
         raise InputError(f"direction must be gradient or centroid, got {direction!r}")
+    if direction == "centroid":
+        # the same grid step (1/20 of the distance between class means) whatever the span, so that a
+        # longer walk only adds points beyond the shorter one's end
+        n_search = int(round(20 * centroid_span)) + 1
     chosen = stratified_subset(labels, counterfactual_limit, seed)
     walked = decision_counterfactuals(model, images[chosen], max_shift=max_shift, n_search=n_search, detail=detail,
                                       batch_size=16, task=task, min_confidence=min_confidence,
