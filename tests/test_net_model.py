@@ -188,3 +188,39 @@ def test_cpu_subpixel_upsample_matches_the_transposed_convolution(c_in, c_out, b
     grads_reference = torch.autograd.grad(reference, (x, layer.weight, layer.bias), upstream)
     for got, want in zip(grads_fast, grads_reference):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_output_gradient_floor_keeps_saturated_pixels_trainable():
+    """The decoder's output is a sigmoid. A pixel pushed deep into its tail gets almost no gradient
+    back (the black-corner notch of the 128-px breast models, logits near -28); with a floor on the
+    backward slope it still does. The forward value never changes, and decoding in eval mode (the
+    explorer, gradient walks) uses the plain sigmoid."""
+    from pumamed.net.model import to_pixels
+
+    logits = torch.tensor([-30.0, -4.0, 0.0, 3.0, 30.0], requires_grad=True)
+    plain = torch.sigmoid(logits)
+    floored = to_pixels(logits, 0.01)
+    assert torch.equal(floored, plain)
+    (slope,) = torch.autograd.grad(floored.sum(), logits)
+    expected = plain.detach() * (1 - plain.detach())
+    assert torch.allclose(slope[1:4], expected[1:4])  # above the floor: exactly the sigmoid's
+    assert torch.allclose(slope[[0, 4]], torch.full((2,), 0.01))  # in the tails: the floor
+    (no_floor,) = torch.autograd.grad(to_pixels(logits, 0.0).sum(), logits)
+    assert torch.allclose(no_floor, expected) and no_floor[0] < 1e-12
+
+    for detail in (0, 2):
+        model = tiny(detail_channels=detail, detail_resolution=8) if detail else tiny()
+        with torch.no_grad():
+            model.decoder.to_image.bias.fill_(-30.0)  # every pixel saturated black
+        model.decoder.output_gradient_floor = 0.01
+
+        def bias_gradient(training: bool) -> float:
+            model.train(training)
+            model.zero_grad()
+            z = torch.zeros(2, TINY["latent_dim"])
+            loss = (model.decode(z) - 0.5).pow(2).mean()  # a grey target: the pixels must come back
+            loss.backward()
+            return float(model.decoder.to_image.bias.grad.abs().sum())
+
+        assert bias_gradient(True) > 1e-3  # training: the loss reaches the saturated pixels
+        assert bias_gradient(False) < 1e-9  # eval mode: the plain sigmoid, unchanged

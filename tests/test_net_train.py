@@ -11,6 +11,7 @@ import torch
 
 from tests.conftest import TRAIN_SIZE, interrupted_fit, tiny_model
 from pumamed.cli import main
+from pumamed.errors import InputError
 from pumamed.net import checkpoint as ckpt
 from pumamed.net.data import ArrayData
 from pumamed.net.train import RESUME_DIR, TrainConfig, fit
@@ -304,3 +305,46 @@ def test_keep_head_continues_the_classifier_of_the_same_classes(imaging_root, tm
     assert main(["train", "--dataset", "breastmnist", *TINY_CLI, *steps, "--keep-head",
                  "--out", str(tmp_path / "alone")]) == 2
     assert "give --init DIR" in capsys.readouterr().err
+
+
+def test_output_gradient_floor_brings_saturated_pixels_back(real_images, tmp_path, capsys):
+    """A decoder whose output sigmoid is saturated black everywhere (logits at -30: the breast
+    models' bottom-right notch, everywhere) gets no gradient back through the plain sigmoid, so
+    training cannot move it; with the default floor on the backward slope it can."""
+    x = real_images.images.float() / 255
+
+    def trained_logit_rise(floor: float) -> float:
+        model = tiny_model(real_images)
+        with torch.no_grad():
+            model.decoder.to_image.bias.fill_(-30.0)
+        seen = []
+        model.decoder.to_image.register_forward_hook(lambda _m, _i, out: seen.append(float(out.detach().mean())))
+
+        def mean_logit():
+            model.eval()
+            seen.clear()
+            with torch.no_grad():
+                model(x)
+            return seen[-1]
+
+        before = mean_logit()
+        # Adam moves each weight by about lr per step once its gradient is well above Adam's eps
+        # (1e-8): through the floor it is, through the plain sigmoid (slope 1e-13) it is not
+        cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, augment=False, denoise=False, progress=False,
+                          output_gradient_floor=floor)
+        fit(model, real_images, real_images, cfg, tmp_path / f"run{floor}", device="cpu", log=lambda *_: None)
+        assert model.decoder.output_gradient_floor == floor
+        reloaded = ckpt.load_model(tmp_path / f"run{floor}", device="cpu").model
+        assert reloaded.decoder.output_gradient_floor == 0.0  # a training setting, never saved
+        return mean_logit() - before
+
+    assert TrainConfig().output_gradient_floor == 0.01
+    assert abs(trained_logit_rise(0.0)) < 0.05  # stuck: nothing reaches the saturated pixels
+    assert trained_logit_rise(0.01) > 0.5  # the loss pulls them back towards the images (0.95 here)
+
+    with pytest.raises(InputError, match="output_gradient_floor"):
+        TrainConfig(output_gradient_floor=0.3)
+    assert main(["train", "--dataset", "breastmnist", *TINY_CLI, "--epochs", "1", "--output-gradient-floor", "-1",
+                 "--out", str(tmp_path / "bad")]) == 2
+    assert "--output-gradient-floor must be in [0, 0.25)" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / ckpt.WEIGHTS_FILE).exists()

@@ -303,9 +303,42 @@ class Encoder(nn.Module):
         return self.forward_all(x)[:2]
 
 
+class _SigmoidWithGradientFloor(torch.autograd.Function):
+    """``sigmoid(x)`` whose backward slope is at least ``floor``.
+
+    A pixel whose logit has been pushed deep into the sigmoid's tail gets (almost) no gradient back
+    from any loss, however wrong the pixel is: on the 128-px breast models the decoder's
+    bottom-right corner sat at logits near -28 (slope 7e-13), drawing a black notch the training
+    could no longer remove. With a floor the tail still hears the loss; where the slope is above
+    the floor the gradient is exactly the sigmoid's."""
+
+    @staticmethod
+    def forward(ctx, logits, floor: float):
+        out = torch.sigmoid(logits)
+        ctx.save_for_backward(out)
+        ctx.floor = floor
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (out,) = ctx.saved_tensors
+        return grad_out * (out * (1.0 - out)).clamp_min(ctx.floor), None
+
+
+def to_pixels(logits: torch.Tensor, gradient_floor: float = 0.0) -> torch.Tensor:
+    """The decoder's output nonlinearity: ``sigmoid``, with a floor on its backward slope when
+    ``gradient_floor`` > 0 (training only; the forward value is the same either way)."""
+    if gradient_floor > 0 and torch.is_grad_enabled():
+        return _SigmoidWithGradientFloor.apply(logits, gradient_floor)
+    return torch.sigmoid(logits)
+
+
 class Decoder(nn.Module):
     def __init__(self, cfg: PumaMedNetConfig):
         super().__init__()
+        # set by training (TrainConfig.output_gradient_floor), used in training mode only, never
+        # saved: decoding, explanations and gradient walks see the plain sigmoid
+        self.output_gradient_floor = 0.0
         w = cfg.widths[::-1]
         self.start_shape = (w[0], cfg.bottleneck_size, cfg.bottleneck_size)
         self.from_latent = nn.Linear(cfg.latent_dim, w[0] * cfg.bottleneck_size ** 2)
@@ -376,14 +409,17 @@ class Decoder(nn.Module):
         h = self.detail_mix(features + self.from_detail(code.to(features.dtype)))
         for layer in self.body[self.detail_at + 1:]:
             h = layer(h)
-        return torch.sigmoid(self.to_image(h))
+        return to_pixels(self.to_image(h), self._gradient_floor())
+
+    def _gradient_floor(self) -> float:
+        return self.output_gradient_floor if self.training else 0.0
 
     def forward(self, z, detail=None):
         """``detail``: the residual detail code, added to the prior mean given ``z`` (for the
         standard prior, whose mean is zero, the code itself); None means the prior mean."""
         if self.detail_at < 0:
             h = self.from_latent(z).reshape(z.shape[0], *self.start_shape)
-            return torch.sigmoid(self.to_image(self.body(h)))
+            return to_pixels(self.to_image(self.body(h)), self._gradient_floor())
         features = self.top_down(z)
         code = self.prior(features)[0]  # zeros for the standard prior
         if detail is not None:

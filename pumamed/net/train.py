@@ -95,6 +95,11 @@ class TrainConfig:
     # detail it is drawn with, so a counterfactual that moves the global code changes the lesion
     # even with the image's own detail held.
     detail_swap_weight: float = 0.0
+    # the decoder's output sigmoid backpropagates a slope of at least this much (0: the plain
+    # sigmoid, as every run before 2026-12-07's S6). Without it a pixel pushed deep into the
+    # sigmoid's tail never comes back: the 128-px breast models drew a black bottom-right notch
+    # at logits near -28 (docs/faithfulness.md, run S6); 0.01 is the slope at |logit| 4.6
+    output_gradient_floor: float = 0.01
     keep_resume_state: bool = False  # keep out/resume after a finished run
     progress: bool = True
 
@@ -108,6 +113,9 @@ class TrainConfig:
             raise InputError(f"`ema` must be 0 (off) or a decay between 0 and 1, e.g. 0.99; got {self.ema}")
         if self.detail_beta < 0 or self.ssim_weight < 0 or self.detail_swap_weight < 0:
             raise InputError("`detail_beta`, `detail_swap_weight` and `ssim_weight` must not be negative")
+        if not 0.0 <= self.output_gradient_floor < 0.25:
+            raise InputError("`output_gradient_floor` must be in [0, 0.25) (the sigmoid's steepest slope is 0.25); "
+                             f"got {self.output_gradient_floor}")
         if self.augment_on not in AUGMENT_PLACES:
             raise InputError(f"`augment_on` must be one of {', '.join(AUGMENT_PLACES)}, got {self.augment_on!r}")
 
@@ -314,6 +322,8 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
         raise InputError("the training split is empty")
 
     model = model.to(device)
+    if hasattr(model, "decoder"):
+        model.decoder.output_gradient_floor = cfg.output_gradient_floor
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     use_fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
