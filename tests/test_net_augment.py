@@ -145,3 +145,40 @@ def test_where_train_augments():
     assert not augment_on_device("auto", "cpu") and not augment_on_device("loader", "cuda")
     with pytest.raises(InputError, match="augment_on"):
         augment_on_device("gpu", "cpu")
+
+
+def test_training_targets_mark_the_fill_both_pipelines(brain_images):
+    """With ``mark_fill`` (what training uses) the target pixels the warp brought in from outside
+    the image are NaN, and only those: on a uniformly grey image every other target pixel stays
+    grey (no black blended in), the source keeps the black fill, and the draws are those of the
+    unmarked pipeline (same seeds, same pictures)."""
+    grey = torch.full((64, 1, 32, 32), 128, dtype=torch.uint8)
+    marked, plain = BatchAugment("cpu", corrupt=False, mark_fill=True), BatchAugment("cpu", corrupt=False)
+    marked.reseed(0)
+    plain.reseed(0)
+    source, target = marked(grey)
+    plain_source, plain_target = plain(grey)
+    fill = torch.isnan(target)
+    assert 0.02 < fill.float().mean() < 0.5  # rotation, shift, scale and perspective bring fill in
+    assert torch.allclose(target[~fill], torch.tensor(128 / 255), atol=0.01)
+    assert torch.equal(source, plain_source) and torch.equal(target[~fill], plain_target[~fill])
+    assert (plain_target[fill] < 128 / 255 - 0.005).all()  # what is marked was black or blended with black
+    assert not torch.isnan(BatchAugment("cpu", geometric=False, mark_fill=True)(grey)[1]).any()
+
+    from pumamed.net.data import ArrayData
+
+    torch.manual_seed(0)
+    dataset = DenoisingDataset(ArrayData(grey, None), denoise=False, mark_fill=True)
+    pairs = [dataset[i] for i in range(len(dataset))]
+    v2_source, v2_target = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    v2_fill = torch.isnan(v2_target)
+    assert 0.02 < v2_fill.float().mean() < 0.5
+    assert torch.allclose(v2_target[~v2_fill], torch.tensor(128 / 255), atol=0.01)
+    assert not torch.isnan(v2_source).any() and (v2_source[v2_fill] < 128 / 255 - 0.005).all()
+    # on real images the marked share is the same in both pipelines (the same families of warps)
+    torch.manual_seed(0)
+    real = DenoisingDataset(brain_images, mark_fill=True)
+    v2_share = torch.stack([torch.isnan(real[i][1]) for i in range(64)]).float().mean()
+    marked.reseed(1)
+    share = torch.isnan(marked(brain_images.images[:64])[1]).float().mean()
+    assert 0.5 < share / v2_share < 2.0

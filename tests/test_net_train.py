@@ -348,3 +348,46 @@ def test_output_gradient_floor_brings_saturated_pixels_back(real_images, tmp_pat
                  "--out", str(tmp_path / "bad")]) == 2
     assert "--output-gradient-floor must be in [0, 0.25)" in capsys.readouterr().err
     assert not (tmp_path / "bad" / ckpt.WEIGHTS_FILE).exists()
+
+
+def test_the_loss_leaves_the_augmentation_fill_out(real_images):
+    """Target pixels marked as fill (NaN, from ``mark_fill``) get no gradient from the
+    reconstruction terms (weighted squared error and SSIM, whose windows must lie wholly on real
+    pixels); with ``fill_mask`` off they are redrawn black, as before. Known answers on a real batch."""
+    from pumamed.net.image_quality import ssim
+    from pumamed.net.train import TrainingObjective
+
+    x = real_images.images[:4].float() / 255
+    target = x.clone()
+    target[:, :, -8:, -8:] = float("nan")  # a filled bottom-right corner
+    fill = torch.isnan(target)
+
+    def logit_gradient(fill_mask: bool) -> torch.Tensor:
+        model = tiny_model(real_images)
+        model.train()
+        cfg = TrainConfig(ssim_weight=0.1, cls_weight=0.0, sample_latent=False, fill_mask=fill_mask)
+        objective = TrainingObjective(model, cfg, real_images)
+        seen = []
+
+        def keep(_module, _inputs, out):
+            out.retain_grad()
+            seen.append(out)
+
+        model.decoder.to_image.register_forward_hook(keep)
+        label = real_images.labels[:4]
+        loss, stats = objective(x, target, label, torch.zeros(4, dtype=torch.long), 1.0, 0.0)
+        assert torch.isfinite(loss)
+        loss.backward()
+        return seen[0].grad
+
+    masked, redrawn = logit_gradient(True), logit_gradient(False)
+    assert masked[fill].abs().max() == 0  # nothing asks the decoder to draw the fill
+    assert masked[~fill].abs().mean() > 0
+    assert redrawn[fill].abs().mean() > 0  # the old objective: draw it black
+
+    # SSIM over whole windows of real pixels: a difference on the fill alone does not count
+    other = x.clone()
+    other[:, :, -8:, -8:] = 1.0 - other[:, :, -8:, -8:]
+    valid = (~fill).float()
+    assert torch.allclose(ssim(other, x, valid=valid), torch.ones(4))
+    assert (ssim(other, x) < 0.999).all()

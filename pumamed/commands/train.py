@@ -84,6 +84,10 @@ def register(subparsers) -> None:
                    help="the decoder's output sigmoid backpropagates at least this slope, so pixels pushed deep "
                         "into its tail can still be corrected (default 0.01; 0: the plain sigmoid, as runs before "
                         "2026-12-07's S6 in docs/faithfulness.md)")
+    p.add_argument("--no-fill-mask", dest="fill_mask", action="store_false",
+                   help="redraw the augmentation's black fill (pixels its warp brought in from outside the image) "
+                        "as part of the reconstruction loss, as runs before 2026-12-07's S6 did; by default the "
+                        "loss leaves it out")
     p.add_argument("--ssim-weight", type=float, default=0.0,
                    help="weight of a (1 - SSIM) structure term beside the weighted squared error (e.g. 0.1)")
     p.add_argument("--out", help="output checkpoint folder (default: runs/<datasets>_<arch>)")
@@ -122,7 +126,7 @@ def run_train(args) -> int:
         augment=not args.no_augment, denoise=not args.no_denoise, augment_on=args.augment_on, seed=args.seed,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature, ema=args.ema,
         detail_beta=args.detail_beta, ssim_weight=args.ssim_weight, detail_swap_weight=args.detail_swap_weight,
-        output_gradient_floor=args.output_gradient_floor,
+        output_gradient_floor=args.output_gradient_floor, fill_mask=args.fill_mask,
         num_workers=workers,
         channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, max_steps_per_epoch=args.max_steps_per_epoch,
         keep_resume_state=args.keep_state, progress=not args.quiet)

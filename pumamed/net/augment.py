@@ -36,6 +36,9 @@ BLUR_P, BLUR_TAPS, BLUR_SIGMA = 0.3, 5, (0.3, 1.5)
 NOISE_P, NOISE_SIGMA = 0.5, 0.04
 ERASING = ((0.5, (0.01, 0.06)), (0.25, (0.01, 0.04)))  # (probability, area fraction range)
 ERASING_RATIO = (0.5, 2.0)
+# a target pixel with less than this share of its bilinear footprint inside the image is fill
+# (mark_fill): the blended edge pixels are as artificial as the black beyond them
+FILLED_BELOW = 0.99
 
 
 class BatchAugment:
@@ -46,10 +49,13 @@ class BatchAugment:
     ``--no-denoise``). ``reseed(seed)`` makes the following batches reproducible (``train``
     reseeds at every epoch, so a resumed run draws what an uninterrupted one would)."""
 
-    def __init__(self, device, geometric: bool = True, corrupt: bool = True):
+    def __init__(self, device, geometric: bool = True, corrupt: bool = True, mark_fill: bool = False):
         self.device = torch.device(device)
         self.geometric = geometric
         self.corrupt = corrupt
+        # training's targets mark the pixels the warp filled from outside the image as NaN, so the
+        # loss can leave them out (pumamed.net.losses.split_fill); the source keeps the black fill
+        self.mark_fill = mark_fill
         self.generator = torch.Generator(device=self.device)
 
     def reseed(self, seed: int) -> None:
@@ -58,9 +64,17 @@ class BatchAugment:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         target = images.to(self.device, non_blocking=True)
         target = target.float().div_(255.0) if target.dtype == torch.uint8 else target.float()
-        if self.geometric:
+        inside = None
+        if self.geometric and self.mark_fill:
+            # one warp of image and a plane of ones: the same homography, so the second channel
+            # is the share of each output pixel that came from inside the image
+            warped = self.warp(torch.cat([target, torch.ones_like(target[:, :1])], dim=1))
+            target, inside = warped[:, :-1].contiguous(), warped[:, -1:]
+        elif self.geometric:
             target = self.warp(target)
         source = self.corruption(target) if self.corrupt else target
+        if inside is not None:
+            target = target.masked_fill(inside < FILLED_BELOW, float("nan"))
         return source, target
 
     # --- random draws ---------------------------------------------------------------------------

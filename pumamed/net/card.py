@@ -69,6 +69,9 @@ def make_card(config: dict, metrics: dict) -> str:
         if training.get("ssim_weight"):
             lines.append(f"- reconstruction loss: weighted squared error + {training['ssim_weight']} x pixels x "
                          f"(1 - SSIM)")
+        if training.get("fill_mask"):
+            lines.append("- the augmentation's fill (pixels its warp brings in from outside the image) is left out of "
+                         "the reconstruction loss")
         if training.get("output_gradient_floor"):
             lines.append(f"- output sigmoid trained with a floor of {training['output_gradient_floor']} on its backward "
                          f"slope, so pixels pushed into its tails stay trainable")

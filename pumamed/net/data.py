@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pumamed.net.augment import FILLED_BELOW
+
 
 @dataclass
 class ArrayData:
@@ -108,19 +110,29 @@ def corruption_transform():
 class DenoisingDataset(Dataset):
     """``ds[i]`` -> ``(input, target, label, dataset_id)``; label -1 / zeros when unlabelled."""
 
-    def __init__(self, data: ArrayData, augment: bool = True, denoise: bool = True):
+    def __init__(self, data: ArrayData, augment: bool = True, denoise: bool = True, mark_fill: bool = False):
         self.data = data
         self.geometric = geometric_transform() if augment else None
         self.corruption = corruption_transform() if denoise else None
+        # as BatchAugment(mark_fill=True): target pixels the geometric transform filled from
+        # outside the image are NaN (the loss leaves them out); the input keeps the black fill
+        self.mark_fill = mark_fill
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int):
         target = self.data.images[i].float().div_(255.0)
-        if self.geometric is not None:
+        inside = None
+        if self.geometric is not None and self.mark_fill:
+            # the image and a plane of ones through one draw of the transform
+            warped = self.geometric(torch.cat([target, torch.ones_like(target[:1])], dim=0))
+            target, inside = warped[:-1].contiguous(), warped[-1:]
+        elif self.geometric is not None:
             target = self.geometric(target)
         source = self.corruption(target.clone()) if self.corruption is not None else target
+        if inside is not None:
+            target = target.masked_fill(inside < FILLED_BELOW, float("nan"))
         label = self.data.labels[i] if self.data.labels is not None else torch.tensor(-1)
         did = self.data.dataset_ids[i] if self.data.dataset_ids is not None else torch.tensor(0)
         return source, target, label, did

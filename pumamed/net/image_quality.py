@@ -48,9 +48,17 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch
     return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
 
 
-def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Mean SSIM per image (B,): 1 for identical images, about 0 for unrelated ones."""
-    return ssim_map(x, y, data_range).flatten(1).mean(1)
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean SSIM per image (B,): 1 for identical images, about 0 for unrelated ones.
+
+    ``valid`` (B x 1 x H x W, 1 = a real pixel): the mean over the windows that lie wholly on
+    real pixels (training leaves out the augmentation's fill this way)."""
+    values = ssim_map(x, y, data_range)
+    if valid is None:
+        return values.flatten(1).mean(1)
+    # a window is whole when no pixel under it is fill: min-pool of the valid map, as ssim_map crops
+    whole = -F.max_pool2d(-valid.float(), SSIM_WINDOW, stride=1)
+    return (values * whole).flatten(1).sum(1) / whole.flatten(1).sum(1).clamp_min(1.0)
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, max_db: float = 100.0) -> torch.Tensor:

@@ -96,16 +96,35 @@ def weighted_reconstruction(recon: torch.Tensor, target: torch.Tensor, weights: 
     return (weights * (recon.float() - target.float()).pow(2)).flatten(1).sum(1).mean()
 
 
-def weight_map(model, target: torch.Tensor, recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weights for the loss (detached), the weight net's own loss or None)."""
+def split_fill(target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the target with its fill black, the valid map: 1 on real pixels, 0 on fill).
+
+    Training's augmentation marks the target pixels its warp filled from outside the image as NaN
+    (``BatchAugment`` / ``DenoisingDataset`` with ``mark_fill``). The input shows that fill black,
+    but the pictures a model draws at inference never have it: asked to redraw it, a decoder
+    whose global code cannot say which images were filled hedges towards black in a corner for
+    every image (the breast models' notch, docs/faithfulness.md D1-D2)."""
+    valid = ~torch.isnan(target)
+    return torch.where(valid, target, torch.zeros_like(target)), valid.to(target.dtype)
+
+
+def weight_map(model, target: torch.Tensor, recon: torch.Tensor,
+               valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weights for the loss (detached), the weight net's own loss or None); ``valid`` (1 = a
+    real pixel, 0 = augmentation fill) zeroes the weights, and the error the weight net learns
+    from, on the fill."""
     kind = model.config.weight_map
     if kind == "none":
-        return torch.ones_like(target[:, :1]), None
+        ones = torch.ones_like(target[:, :1])
+        return (ones if valid is None else ones * valid), None
     err = error_map(recon.detach().float(), target.float())
+    if valid is not None:
+        err = err * valid
     if kind == "error":
-        return normalise_weights(err, model.config.weight_strength).detach(), None
+        weights = normalise_weights(err, model.config.weight_strength).detach()
+        return (weights if valid is None else weights * valid), None
     logits = model.weight_net(target).float()
     goal = err / err.flatten(1).amax(1).clamp_min(1e-8).view(-1, 1, 1, 1)
     own_loss = F.binary_cross_entropy_with_logits(logits, goal)
     weights = normalise_weights(torch.sigmoid(logits.detach()), model.config.weight_strength)
-    return weights, own_loss
+    return (weights if valid is None else weights * valid), own_loss

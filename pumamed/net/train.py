@@ -44,6 +44,7 @@ from pumamed.net.losses import (
     kl_per_dim,
     kl_schedule,
     mix_aux_loss,
+    split_fill,
     weight_map,
     weighted_reconstruction,
 )
@@ -100,6 +101,11 @@ class TrainConfig:
     # sigmoid's tail never comes back: the 128-px breast models drew a black bottom-right notch
     # at logits near -28 (docs/faithfulness.md, run S6); 0.01 is the slope at |logit| 4.6
     output_gradient_floor: float = 0.01
+    # leave the augmentation's fill (target pixels its warp brought in from outside the image) out
+    # of the reconstruction loss (False: redraw it black, as every run before 2026-12-07's S6). The
+    # SSIM term is steep near black: on a third of the breast targets a corner is fill, and the
+    # decoder learnt to draw that corner black on every image (docs/faithfulness.md D1, D2)
+    fill_mask: bool = True
     keep_resume_state: bool = False  # keep out/resume after a finished run
     progress: bool = True
 
@@ -162,6 +168,10 @@ class TrainingObjective(nn.Module):
     def forward(self, source, target, label, dataset_id, beta_t: float, capacity_t: float):
         cfg = self.cfg
         stats = {}
+        # fill marked NaN by the augmentation (mark_fill): black for every use of the target, and
+        # left out of the reconstruction terms unless cfg.fill_mask is off
+        target, valid = split_fill(target)
+        valid = valid if cfg.fill_mask else None
         if not self.is_vae:
             return self.classification_term(self.model(target), label, target, stats), stats
         model = self.model
@@ -185,11 +195,11 @@ class TrainingObjective(nn.Module):
                 swapped = model.decoder.bottom_up(features, prior_mu + torch.roll(residual, shifts=1, dims=0))
                 swap_term = classification_loss(frozen_reader_logits(model, swapped), label, self.task)
                 stats["detail_swap"] = swap_term.detach()
-        weights, weight_net_loss = weight_map(model, target, recon)
+        weights, weight_net_loss = weight_map(model, target, recon, valid)
         rec = weighted_reconstruction(recon, target, weights)
         if cfg.ssim_weight > 0:
             pixels = target[0].numel()
-            structure = cfg.ssim_weight * pixels * (1.0 - ssim(recon.float(), target.float())).mean()
+            structure = cfg.ssim_weight * pixels * (1.0 - ssim(recon.float(), target.float(), valid=valid)).mean()
             rec = rec + structure
             stats["ssim_loss"] = structure.detach()
         kl_dims = kl_per_dim(mu.float(), logvar.float())
@@ -205,7 +215,8 @@ class TrainingObjective(nn.Module):
         if swap_term is not None:
             loss = loss + cfg.detail_swap_weight * swap_term
         stats.update(recon=rec.detach(), kl=kl.detach(), kl_dims=kl_dims.detach().mean(0),
-                     mse=(recon.detach().float() - target).pow(2).mean())
+                     mse=(recon.detach().float() - target).pow(2).mean() if valid is None else
+                     ((recon.detach().float() - target).pow(2) * valid).sum() / valid.sum().clamp_min(1.0))
         if weight_net_loss is not None:
             loss = loss + weight_net_loss
             stats["weight_net"] = weight_net_loss.detach()
@@ -336,12 +347,12 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
     evaluated = averaged.module if averaged is not None else model  # what is validated and saved
 
     corrupt = cfg.denoise and hasattr(model, "decode")
-    dataset = DenoisingDataset(train, augment=cfg.augment, denoise=corrupt)
+    dataset = DenoisingDataset(train, augment=cfg.augment, denoise=corrupt, mark_fill=True)
     batch_augment, source_images = None, None
     if augment_on_device(cfg.augment_on, device):
         from pumamed.net.augment import BatchAugment
 
-        batch_augment = BatchAugment(device, geometric=cfg.augment, corrupt=corrupt)
+        batch_augment = BatchAugment(device, geometric=cfg.augment, corrupt=corrupt, mark_fill=True)
         source_images = resident_images(train.images, device)
     steps_per_epoch = math.ceil(len(dataset) / (cfg.batch_size * world))
     if cfg.max_steps_per_epoch:
