@@ -114,17 +114,18 @@ def weight_map(model, target: torch.Tensor, recon: torch.Tensor,
     real pixel, 0 = augmentation fill) zeroes the weights, and the error the weight net learns
     from, on the fill."""
     kind = model.config.weight_map
+    own_loss = None
     if kind == "none":
-        ones = torch.ones_like(target[:, :1])
-        return (ones if valid is None else ones * valid), None
-    err = error_map(recon.detach().float(), target.float())
-    if valid is not None:
-        err = err * valid
-    if kind == "error":
-        weights = normalise_weights(err, model.config.weight_strength).detach()
-        return (weights if valid is None else weights * valid), None
-    logits = model.weight_net(target).float()
-    goal = err / err.flatten(1).amax(1).clamp_min(1e-8).view(-1, 1, 1, 1)
-    own_loss = F.binary_cross_entropy_with_logits(logits, goal)
-    weights = normalise_weights(torch.sigmoid(logits.detach()), model.config.weight_strength)
+        weights = torch.ones_like(target[:, :1])
+    else:
+        err = error_map(recon.detach().float(), target.float())
+        if valid is not None:
+            err = err * valid
+        if kind == "error":
+            weights = normalise_weights(err, model.config.weight_strength).detach()
+        else:
+            logits = model.weight_net(target).float()
+            goal = err / err.flatten(1).amax(1).clamp_min(1e-8).view(-1, 1, 1, 1)
+            own_loss = F.binary_cross_entropy_with_logits(logits, goal)
+            weights = normalise_weights(torch.sigmoid(logits.detach()), model.config.weight_strength)
     return (weights if valid is None else weights * valid), own_loss

@@ -99,7 +99,7 @@ class TrainConfig:
     # the decoder's output sigmoid backpropagates a slope of at least this much (0: the plain
     # sigmoid, as every run before 2026-12-07's S6). Without it a pixel pushed deep into the
     # sigmoid's tail never comes back: the 128-px breast models drew a black bottom-right notch
-    # at logits near -28 (docs/faithfulness.md, run S6); 0.01 is the slope at |logit| 4.6
+    # at logits near -28 (docs/faithfulness.md, runs D1-D3); 0.01 is the slope at |logit| 4.6
     output_gradient_floor: float = 0.01
     # leave the augmentation's fill (target pixels its warp brought in from outside the image) out
     # of the reconstruction loss (False: redraw it black, as every run before 2026-12-07's S6). The
