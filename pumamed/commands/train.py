@@ -14,7 +14,9 @@ def register(subparsers) -> None:
                     "on their mix; one dataset with --init transfers a pretrained model to it.")
     p.add_argument("--dataset", required=True, help="dataset name(s), comma-separated (e.g. brain_tumor_mri)")
     p.add_argument("--data-dir", help="data directory (default: $PUMAMED_DATA_DIR or ./data)")
-    p.add_argument("--arch", choices=["pumamednet", "resnet18"], default="pumamednet")
+    p.add_argument("--arch", choices=["pumamednet", "resnet18", "convnet"], default="pumamednet",
+                   help="pumamednet (default), or a baseline classifier: resnet18 (the documented baseline and "
+                        "judge), convnet (a plain VGG-style net, an independent reader for --walk-reader)")
     p.add_argument("--size", type=int, default=64, help="image size in pixels (64, 128, 256)")
     p.add_argument("--latent", type=int, default=None, help="latent dimensions (default 32; with --init: the pretrained model's, unless the image size differs, where the latent projections start fresh)")
     p.add_argument("--widths", default=None,
@@ -80,6 +82,15 @@ def register(subparsers) -> None:
                    help="hierarchical models: decode each global code with another image's detail code too, and "
                         "train the decoder so that the classifier (weights held) names the global code's class on "
                         "that picture (so the evidence, and a counterfactual, follow the global code); e.g. 50")
+    p.add_argument("--walk-weight", type=float, default=0.0, metavar="WEIGHT",
+                   help="with --walk-reader: walk each global code towards another class's centre, decode it with "
+                        "the image's own detail, and train the decoder so that the reader reads on that picture "
+                        "what the model's head reads on the walked code (e.g. 50; default 0: off)")
+    p.add_argument("--walk-reader", metavar="DIR",
+                   help="checkpoint folder of a classifier trained on the original images (same classes), e.g. "
+                        "train --arch convnet; it must not be the judge that scores the counterfactuals")
+    p.add_argument("--walk-span", type=float, default=2.0, metavar="F",
+                   help="the walk term draws its share of the class centres' distance from [0, F] (default 2)")
     p.add_argument("--output-gradient-floor", type=float, default=0.01, metavar="SLOPE",
                    help="the decoder's output sigmoid backpropagates at least this slope, so pixels pushed deep "
                         "into its tail can still be corrected (default 0.01; 0: the plain sigmoid, as runs before "
@@ -126,6 +137,7 @@ def run_train(args) -> int:
         augment=not args.no_augment, denoise=not args.no_denoise, augment_on=args.augment_on, seed=args.seed,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature, ema=args.ema,
         detail_beta=args.detail_beta, ssim_weight=args.ssim_weight, detail_swap_weight=args.detail_swap_weight,
+        walk_weight=args.walk_weight, walk_span=args.walk_span,
         output_gradient_floor=args.output_gradient_floor, fill_mask=args.fill_mask,
         num_workers=workers,
         channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, max_steps_per_epoch=args.max_steps_per_epoch,
@@ -139,6 +151,7 @@ def run_train(args) -> int:
                    detail_channels=args.detail_channels or 0, detail_resolution=args.detail_resolution,
                    detail_dropout=args.detail_dropout, detail_prior=args.detail_prior,
                    init=Path(args.init) if args.init else None, keep_head=args.keep_head, teacher=teachers,
+                   walk_reader=Path(args.walk_reader) if args.walk_reader else None,
                    resume=args.resume, data_dir=args.data_dir,
                    report_test=not args.no_test, calibrate=not args.no_calibrate, train=train_cfg)
     metrics = run(spec, log=print)

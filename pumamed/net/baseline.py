@@ -1,5 +1,10 @@
-"""The ResNet-18 baseline: torchvision's ResNet-18 trained from scratch on 1-channel images at the
-same size and on the same splits as PumaMedNet, so the comparison is like for like."""
+"""Baseline classifiers trained from scratch on 1-channel images at the same size and on the same
+splits as PumaMedNet, so comparisons are like for like:
+
+* ``resnet18``: torchvision's ResNet-18 (the documented baseline, and the judge of faithfulness);
+* ``convnet``: a plain VGG-style stack (no residual connections), a second, independent family of
+  classifier: a reader for training terms that must not be the judge that scores them.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +48,11 @@ class ResNetConfig:
             raise CheckpointError(f"invalid ResNet-18 config: {exc}") from exc
 
 
+# the classifier families of this module, by their checkpoint ``arch`` name
+BASELINE_ARCHITECTURES = ("resnet18", "convnet")
+BASELINE_NAMES = {"resnet18": "ResNet-18", "convnet": "plain ConvNet"}
+
+
 class ResNet18Classifier(nn.Module):
     """torchvision ResNet-18 with a 1-channel stem; ``predict_proba`` like PumaMedNet's."""
 
@@ -65,3 +75,53 @@ class ResNet18Classifier(nn.Module):
     @torch.no_grad()
     def predict_proba(self, x):
         return logits_to_proba(self.net(x), self.config.task)
+
+
+class ConvNetClassifier(nn.Module):
+    """A plain convolutional classifier: a stride-2 stem, four stages of two 3x3 convolutions with
+    batch norm and ReLU (32, 64, 128, 256 channels), max-pooling between stages, global average
+    pooling, dropout and a linear layer. About a third of ResNet-18's FLOPs at the same size, and
+    no residual connections, so what it reads is learnt independently of the ResNet judge."""
+
+    WIDTHS = (32, 64, 128, 256)
+
+    def __init__(self, config: ResNetConfig):
+        super().__init__()
+        if isinstance(config, dict):
+            config = ResNetConfig.from_dict(config)
+        self.config = config
+        layers, channels = [nn.Conv2d(config.in_channels, self.WIDTHS[0], 3, stride=2, padding=1, bias=False),
+                            nn.BatchNorm2d(self.WIDTHS[0]), nn.ReLU(inplace=True)], self.WIDTHS[0]
+        for stage, width in enumerate(self.WIDTHS):
+            if stage:
+                layers.append(nn.MaxPool2d(2))
+            for _ in range(2):
+                layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                           nn.ReLU(inplace=True)]
+                channels = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3),
+                                  nn.Linear(channels, config.classifier_outputs))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+    def classify(self, x):
+        return self.forward(x)
+
+    @torch.no_grad()
+    def predict_proba(self, x):
+        return logits_to_proba(self.forward(x), self.config.task)
+
+
+def baseline_class(arch: str):
+    """The module class of a baseline ``arch`` (checkpoint name)."""
+    return {"resnet18": ResNet18Classifier, "convnet": ConvNetClassifier}[arch]
+
+
+def baseline_arch(model: nn.Module) -> str | None:
+    """The checkpoint ``arch`` name of a baseline model, None for anything else."""
+    for arch in BASELINE_ARCHITECTURES:
+        if isinstance(model, baseline_class(arch)):
+            return arch
+    return None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as _dt
 
+from pumamed.net.baseline import BASELINE_NAMES
+
 
 def _fmt(value, digits: int = 4) -> str:
     if value is None:
@@ -43,7 +45,8 @@ def make_card(config: dict, metrics: dict) -> str:
     data = config.get("data", {})
     training = config.get("training", {})
     names = data.get("datasets", [])
-    title = "PumaMedNet (denoising beta-VAE)" if arch == "pumamednet" else "ResNet-18 baseline (from scratch)"
+    title = ("PumaMedNet (denoising beta-VAE)" if arch == "pumamednet"
+             else f"{BASELINE_NAMES.get(arch, arch)} baseline (from scratch)")
     lines = [f"# {title}: {', '.join(names) or 'unknown data'}", ""]
     lines.append("Research software for exploring medical images. **Not a medical device; not for diagnosis.**")
     lines += ["", "## Model", ""]

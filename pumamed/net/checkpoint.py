@@ -11,7 +11,7 @@ whole epoch's state. Resume folders of the earlier layout (``model.safetensors``
 
 config.json layout::
 
-    {"format": "pumamed-checkpoint", "format_version": 1, "arch": "pumamednet" | "resnet18",
+    {"format": "pumamed-checkpoint", "format_version": 1, "arch": "pumamednet" | "resnet18" | "convnet",
      "model": {...architecture...}, "training": {...}, "data": {...}, "kl_per_dim": [...]}
 """
 
@@ -41,7 +41,7 @@ STATE_WEIGHTS_FILE = "training_state.safetensors"
 STATE_JSON_FILE = "training_state.json"
 RESUME_FILE = "resume_state.safetensors"
 RESUME_FORMAT = "pumamed-resume-state"
-ARCHITECTURES = ("pumamednet", "resnet18")
+ARCHITECTURES = ("pumamednet", "resnet18", "convnet")
 
 
 @dataclass
@@ -129,17 +129,17 @@ def build_model(config: dict) -> torch.nn.Module:
             return PumaMedNet(model_config)
         except (RuntimeError, MemoryError) as exc:  # e.g. a config declaring 10**9 latent dimensions
             raise CheckpointError(f"config.json describes a model that cannot be built here ({type(exc).__name__})") from exc
-    if arch == "resnet18":
-        from pumamed.net.baseline import ResNet18Classifier, ResNetConfig
+    if arch in ("resnet18", "convnet"):
+        from pumamed.net.baseline import ResNetConfig, baseline_class
 
-        return ResNet18Classifier(ResNetConfig.from_dict(model_cfg))
+        return baseline_class(arch)(ResNetConfig.from_dict(model_cfg))
     raise CheckpointError(f"unknown architecture {arch!r} in config.json (known: {', '.join(ARCHITECTURES)})")
 
 
 def model_config_dict(model: torch.nn.Module) -> dict:
-    from pumamed.net.baseline import ResNet18Classifier
+    from pumamed.net.baseline import baseline_arch
 
-    arch = "resnet18" if isinstance(model, ResNet18Classifier) else "pumamednet"
+    arch = baseline_arch(model) or "pumamednet"
     return {"arch": arch, "model": model.config.to_dict()}
 
 

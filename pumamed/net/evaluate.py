@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pumamed.errors import InputError
+from pumamed.net.baseline import BASELINE_ARCHITECTURES
 
 
 def _predict(model_dir, dataset: str, split: str, data_dir, device, batch_size: int):
@@ -15,7 +16,7 @@ def _predict(model_dir, dataset: str, split: str, data_dir, device, batch_size: 
 
     loaded = load_model(model_dir, device=device)
     data = load_arrays([dataset], split, loaded.image_size, data_dir)
-    has_classifier = loaded.arch == "resnet18" or getattr(loaded.model, "classifier", None) is not None
+    has_classifier = loaded.arch in BASELINE_ARCHITECTURES or getattr(loaded.model, "classifier", None) is not None
     if has_classifier:
         if list(loaded.class_names) != list(data.class_names):
             raise InputError(f"the model in {model_dir} predicts {loaded.class_names} but {dataset} has classes "

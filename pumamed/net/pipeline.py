@@ -5,7 +5,8 @@
   space (weak supervision, each sample scored on its own dataset's slice);
 * one dataset with ``init``: transfer from a pretrained PumaMedNet, reporting both
   (a) the frozen encoder + logistic regression on mu and (b) fine-tuning (the saved model);
-* ``arch="resnet18"``: the ResNet-18 baseline on the same data, size and splits.
+* ``arch="resnet18"``: the ResNet-18 baseline on the same data, size and splits;
+  ``arch="convnet"``: a plain VGG-style classifier, likewise (:mod:`pumamed.net.baseline`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 from pumamed.errors import CheckpointError, InputError
 from pumamed.net import checkpoint as ckpt
+from pumamed.net.baseline import BASELINE_ARCHITECTURES, BASELINE_NAMES
 from pumamed.net.card import make_card
 from pumamed.net.data import ArrayData, load_arrays
 from pumamed.net.train import TrainConfig, fit
@@ -48,6 +50,7 @@ class RunSpec:
     init: Path | None = None
     keep_head: bool = False  # with init on the same dataset and classes: continue its classifier head
     teacher: tuple[Path, ...] = ()  # trained classifiers (e.g. ResNet-18 baselines) to distil from, as one ensemble
+    walk_reader: Path | None = None  # the walk term's independent classifier (TrainConfig.walk_weight)
     resume: bool = False
     data_dir: str | None = None
     report_test: bool = True
@@ -178,7 +181,7 @@ class ResizedInput(nn.Module):
 def _load_one_teacher(folder: Path, train: ArrayData, size: int):
     loaded = ckpt.load_model(folder, device="cpu")
     model_cfg = loaded.config.get("model", {})
-    has_head = loaded.arch == "resnet18" or getattr(loaded.model, "classifier", None) is not None
+    has_head = loaded.arch in BASELINE_ARCHITECTURES or getattr(loaded.model, "classifier", None) is not None
     if not has_head:
         raise InputError(f"the `teacher` model in {folder} has no classifier head")
     problems = []
@@ -194,7 +197,7 @@ def _load_one_teacher(folder: Path, train: ArrayData, size: int):
         val_auc = ((metrics.get("val") or {}).get("auc") or {}).get("macro")
     except (OSError, ValueError):
         pass
-    name = "ResNet-18" if loaded.arch == "resnet18" else "PumaMedNet"
+    name = BASELINE_NAMES.get(loaded.arch, "PumaMedNet")
     description = f"{name} from {Path(folder).name}" + (f" (val macro AUC {val_auc:.4f})" if val_auc else "")
     teacher, teacher_size = loaded.model, int(model_cfg.get("image_size", size))
     if teacher_size != size:
@@ -220,7 +223,7 @@ def load_teacher(folders, train: ArrayData, size: int):
         return loaded[0]
     members = [info for _, info in loaded]
     archs = sorted({info["arch"] for info in members})
-    names = " + ".join("ResNet-18" if a == "resnet18" else "PumaMedNet" for a in archs)
+    names = " + ".join(BASELINE_NAMES.get(a, "PumaMedNet") for a in archs)
     aucs = [info["val_auc"] for info in members if info["val_auc"] is not None]
     description = (f"an ensemble of {len(members)} {names} runs ({', '.join(Path(f).name for f in folders)}; "
                    f"mean logits" + (f"; members' val macro AUC {min(aucs):.4f}-{max(aucs):.4f}" if aucs else "")
@@ -231,16 +234,16 @@ def load_teacher(folders, train: ArrayData, size: int):
 
 
 def build_model(spec: RunSpec, train: ArrayData):
-    from pumamed.net.baseline import ResNet18Classifier, ResNetConfig
+    from pumamed.net.baseline import ResNetConfig, baseline_class
     from pumamed.net.model import PumaMedNet, PumaMedNetConfig
 
-    if spec.arch == "resnet18":
+    if spec.arch in BASELINE_ARCHITECTURES:
         if train.task not in ("binary", "multiclass", "multilabel"):
-            raise InputError("the ResNet-18 baseline trains on one labelled dataset, not on a mix")
-        return ResNet18Classifier(ResNetConfig(image_size=spec.size, num_classes=len(train.class_names),
-                                               task=train.task, class_names=list(train.class_names)))
+            raise InputError(f"the {BASELINE_NAMES[spec.arch]} baseline trains on one labelled dataset, not on a mix")
+        return baseline_class(spec.arch)(ResNetConfig(image_size=spec.size, num_classes=len(train.class_names),
+                                                      task=train.task, class_names=list(train.class_names)))
     if spec.arch != "pumamednet":
-        raise InputError(f"unknown `arch` {spec.arch!r} (pumamednet or resnet18)")
+        raise InputError(f"unknown `arch` {spec.arch!r} (pumamednet, {', '.join(BASELINE_ARCHITECTURES)})")
     try:
         if train.task == "mix":
             aux = {"mix": int(train.labels.shape[1])} if spec.train.aux_weight > 0 else {}
@@ -277,7 +280,7 @@ def run(spec: RunSpec, log=None) -> dict:
     init_loaded, init_size = None, None
     if spec.init is not None:
         if spec.arch != "pumamednet":
-            raise InputError("`init` transfers a pretrained PumaMedNet; it does not apply to `arch` resnet18")
+            raise InputError(f"`init` transfers a pretrained PumaMedNet; it does not apply to `arch` {spec.arch}")
         init_loaded = ckpt.load_model(spec.init, device="cpu")
         init_model_cfg = init_loaded.config.get("model", {})
         init_size = int(init_model_cfg.get("image_size", spec.size))
@@ -355,11 +358,24 @@ def run(spec: RunSpec, log=None) -> dict:
         log(f"distilling from {meta['data']['teacher']['description']} (weight {spec.train.distill_weight}, "
             f"temperature {spec.train.distill_temperature})")
 
+    walk_reader = None
+    if spec.train.walk_weight > 0:
+        if spec.walk_reader is None:
+            raise InputError("--walk-weight needs --walk-reader DIR: a classifier trained on the original images "
+                             "(not the judge that will score the counterfactuals)")
+        if spec.arch != "pumamednet" or train.task not in ("binary", "multiclass"):
+            raise InputError("the walk term trains a PumaMedNet with a binary or multiclass head on one dataset")
+        walk_reader, meta["data"]["walk_reader"] = _load_one_teacher(Path(spec.walk_reader), train, spec.size)
+        log(f"walk term: {meta['data']['walk_reader']['description']} reads the walked pictures "
+            f"(weight {spec.train.walk_weight}, span {spec.train.walk_span})")
+    elif spec.walk_reader is not None:
+        raise InputError("--walk-reader is read by the walk term: give --walk-weight too (e.g. 50)")
+
     def card_fn(metrics, config):
         return make_card(config, metrics)
 
     metrics = fit(model, train, val, spec.train, spec.out, resume=spec.resume, device=device, meta=meta,
-                  card_fn=card_fn, teacher=teacher, log=log)
+                  card_fn=card_fn, teacher=teacher, walk_reader=walk_reader, log=log)
     from pumamed.net.distributed import is_main_process
 
     if not is_main_process():
@@ -380,7 +396,7 @@ def run(spec: RunSpec, log=None) -> dict:
                                 "val": final.get("val"), "test": final.get("test")}
         final["transfer"] = transfer
     if loaded.arch == "pumamednet" or train.task != "mix":
-        if getattr(loaded.model, "classifier", None) is not None or loaded.arch == "resnet18":
+        if getattr(loaded.model, "classifier", None) is not None or loaded.arch in BASELINE_ARCHITECTURES:
             final["cost"] = model_cost(loaded.model, spec.size)
     ckpt.atomic_write_json(spec.out / ckpt.METRICS_FILE, final)
     ckpt.atomic_write_text(spec.out / ckpt.CARD_FILE, make_card(loaded.config, final))
