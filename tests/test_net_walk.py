@@ -160,6 +160,7 @@ def test_cli_trains_with_a_walk_reader_and_records_it(imaging_root, tmp_path, ca
     assert config["training"]["walk_weight"] == 10.0 and config["training"]["walk_span"] == 1.5
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert history[-1]["walk"] > 0
+    assert "walk term (weight 10.0, span 1.5)" in (out / "model_card.md").read_text()
     # the reader is not part of the saved model
     saved = ckpt.read_tensors(out / "model.safetensors")
     assert saved and not any("reader" in name for name in saved)
