@@ -95,7 +95,7 @@ def make_card(config: dict, metrics: dict) -> str:
     if training.get("walk_weight") and data.get("walk_reader"):
         lines.append(f"- walk term (weight {training['walk_weight']}, span {training.get('walk_span')}): global codes "
                      f"walked towards another class's centre were decoded with the image's own detail, and "
-                     f"the {data["walk_reader"].get("description")}, trained on the original images of the same split, "
+                     f"the {data['walk_reader'].get('description')}, trained on the original images of the same split, "
                      f"had to read on those pictures what the head reads on the walked codes; only the decoder "
                      f"learnt from it, and the reader is not needed to use this model (nor is it the judge of the "
                      f"faithfulness figures)")
