@@ -164,3 +164,28 @@ def test_cli_trains_with_a_walk_reader_and_records_it(imaging_root, tmp_path, ca
     # the reader is not part of the saved model
     saved = ckpt.read_tensors(out / "model.safetensors")
     assert saved and not any("reader" in name for name in saved)
+
+
+def test_decoder_only_training_holds_the_encoder_and_head(imaging_root, tmp_path, capsys):
+    """``--train-only decoder``: every encoder and head tensor is the --init model's, bit for bit,
+    the decoder learns, and the last epoch is kept; without --init or --keep-head it is refused."""
+    common = ["--dataset", "breastmnist", *TINY_CLI, "--batch-size", "8", "--no-test", "--no-calibrate"]
+    base = tmp_path / "base"
+    assert main(["train", *common, "--epochs", "1", "--max-steps-per-epoch", "2", "--out", str(base)]) == 0
+    out = tmp_path / "decoder"
+    assert main(["train", *common, "--epochs", "2", "--max-steps-per-epoch", "2", "--init", str(base), "--keep-head",
+                 "--train-only", "decoder", "--lr", "1e-2", "--out", str(out)]) == 0
+    before = ckpt.read_tensors(base / "model.safetensors")
+    after = ckpt.read_tensors(out / "model.safetensors")
+    held = [k for k in before if not k.startswith(("decoder.", "weight_net."))]
+    assert any(k.startswith("encoder.") for k in held) and any(k.startswith("classifier.") for k in held)
+    assert all(torch.equal(before[k], after[k]) for k in held)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best_epoch"] == 2  # the last, whatever the (unchanged) validation AUC
+    capsys.readouterr()
+    assert main(["train", *common, "--epochs", "1", "--init", str(base), "--train-only", "decoder",
+                 "--out", str(tmp_path / "no_head")]) == 2
+    assert "--keep-head" in capsys.readouterr().err
+    with pytest.raises(InputError, match="train_only"):
+        TrainConfig(train_only="encoder")

@@ -89,6 +89,9 @@ def register(subparsers) -> None:
     p.add_argument("--walk-reader", metavar="DIR",
                    help="checkpoint folder of a classifier trained on the original images (same classes), e.g. "
                         "train --arch convnet; it must not be the judge that scores the counterfactuals")
+    p.add_argument("--train-only", choices=["all", "decoder"], default="all",
+                   help="decoder: only the decoder (and the loss-weight net) learns, the encoder and the classifier "
+                        "of the --init model are held, and the last epoch is kept (default all)")
     p.add_argument("--walk-span", type=float, default=2.0, metavar="F",
                    help="the walk term draws its share of the class centres' distance from [0, F] (default 2)")
     p.add_argument("--output-gradient-floor", type=float, default=0.01, metavar="SLOPE",
@@ -137,7 +140,7 @@ def run_train(args) -> int:
         augment=not args.no_augment, denoise=not args.no_denoise, augment_on=args.augment_on, seed=args.seed,
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature, ema=args.ema,
         detail_beta=args.detail_beta, ssim_weight=args.ssim_weight, detail_swap_weight=args.detail_swap_weight,
-        walk_weight=args.walk_weight, walk_span=args.walk_span,
+        walk_weight=args.walk_weight, walk_span=args.walk_span, train_only=args.train_only,
         output_gradient_floor=args.output_gradient_floor, fill_mask=args.fill_mask,
         num_workers=workers,
         channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, max_steps_per_epoch=args.max_steps_per_epoch,

@@ -278,6 +278,9 @@ def run(spec: RunSpec, log=None) -> dict:
         test = load_arrays(names, "test", spec.size, spec.data_dir)
 
     init_loaded, init_size = None, None
+    if spec.train.train_only == "decoder" and (spec.init is None or (train.task != "mix" and not spec.keep_head)):
+        raise InputError("--train-only decoder trains the decoder of an --init model with its encoder and classifier "
+                         "held: give --init DIR, and --keep-head when the dataset has classes")
     if spec.init is not None:
         if spec.arch != "pumamednet":
             raise InputError(f"`init` transfers a pretrained PumaMedNet; it does not apply to `arch` {spec.arch}")

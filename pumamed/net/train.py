@@ -107,6 +107,11 @@ class TrainConfig:
     # The reader must not be the judge that later scores the counterfactuals.
     walk_weight: float = 0.0
     walk_span: float = 2.0
+    # "decoder": only the decoder and the loss-weight net learn; the encoder and the heads are held,
+    # so the classifier (and every explanation's reading of an image) stays the --init model's, and
+    # a picture term (the walk term) cannot trade the classifier for pictures. The validation AUC
+    # then cannot change, so the last epoch is kept rather than the best-AUC one.
+    train_only: str = "all"
     # the decoder's output sigmoid backpropagates a slope of at least this much (0: the plain
     # sigmoid, as every run before 2026-12-07's S6). Without it a pixel pushed deep into the
     # sigmoid's tail never comes back: the 128-px breast models drew a black bottom-right notch
@@ -135,6 +140,8 @@ class TrainConfig:
         if not 0.0 <= self.output_gradient_floor < 0.25:
             raise InputError("`output_gradient_floor` must be in [0, 0.25) (the sigmoid's steepest slope is 0.25); "
                              f"got {self.output_gradient_floor}")
+        if self.train_only not in TRAINABLE_PARTS:
+            raise InputError(f"`train_only` must be one of {', '.join(TRAINABLE_PARTS)}, got {self.train_only!r}")
         if self.augment_on not in AUGMENT_PLACES:
             raise InputError(f"`augment_on` must be one of {', '.join(AUGMENT_PLACES)}, got {self.augment_on!r}")
 
@@ -301,6 +308,25 @@ class TrainingObjective(nn.Module):
         return loss, stats
 
 
+TRAINABLE_PARTS = ("all", "decoder")
+
+
+def trainable_parameters(model: nn.Module, part: str) -> list:
+    """The parameters the optimiser updates; with ``part="decoder"`` the rest are held
+    (``requires_grad`` off, so no gradient is even computed for them)."""
+    if part == "all":
+        return list(model.parameters())
+    if not hasattr(model, "decoder"):
+        raise InputError("`train_only` decoder applies to a PumaMedNet (it has a decoder to train)")
+    params = []
+    for name, param in model.named_parameters():
+        learns = name.startswith(("decoder.", "weight_net."))
+        param.requires_grad_(learns)
+        if learns:
+            params.append(param)
+    return params
+
+
 def frozen_reader_logits(model, images: torch.Tensor) -> torch.Tensor:
     """The classifier's logits for decoded ``images`` through the encoder and head with their
     weights held: the gradient reaches the pictures (the decoder, the codes), never the reader.
@@ -414,7 +440,8 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
     use_graphs = cfg.cuda_graphs and graphs_supported(device, scaler, world)
     if cfg.cuda_graphs and not use_graphs and device.type == "cuda" and rank == 0:
         log("CUDA graphs need a single process with bf16 or fp32 (not DDP, not fp16): training eagerly")
-    optimizer = make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay, device, capturable=use_graphs)
+    trainable = trainable_parameters(model, cfg.train_only)
+    optimizer = make_optimizer(trainable, cfg.lr, cfg.weight_decay, device, capturable=use_graphs)
     averaged = WeightAverage(model, cfg.ema) if cfg.ema else None
     evaluated = averaged.module if averaged is not None else model  # what is validated and saved
 
@@ -506,7 +533,8 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
             val_metrics = validate(evaluated, val, device, cfg.beta)
             record["val"] = val_metrics
             history.append(record)
-            improved = val_metrics.get("score", -math.inf) > best_score or best_epoch < 0
+            improved = (val_metrics.get("score", -math.inf) > best_score or best_epoch < 0
+                        or cfg.train_only == "decoder")
             if improved:
                 best_score, best_epoch = val_metrics.get("score", -math.inf), epoch + 1
             summary = epoch_summary(record)
