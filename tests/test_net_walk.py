@@ -58,6 +58,9 @@ def test_convnet_baseline_trains_saves_and_reloads(imaging_root, tmp_path, capsy
     assert result["arch"] == "convnet" and result["reconstruction_error"] is None
     # a separate family from the ResNet-18 judge, about a tenth of its parameters
     assert 1_000_000 < result["parameters"] < 1_300_000
+    from pumamed.net.baseline import BASELINE_ARCHITECTURES
+
+    assert ckpt.ARCHITECTURES == ("pumamednet", *BASELINE_ARCHITECTURES)  # every baseline loads
 
 
 def test_class_centres_are_running_means_of_the_codes(real_images):
