@@ -145,6 +145,8 @@ def test_walk_settings_are_checked(real_images, imaging_root, tmp_path, capsys):
     assert "--walk-weight needs --walk-reader" in capsys.readouterr().err
     assert main([*common, "--walk-reader", str(tmp_path), "--out", str(out)]) == 2
     assert "give --walk-weight too" in capsys.readouterr().err
+    assert main([*common, "--walk-weight", "10", "--walk-reader", str(tmp_path / "absent"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
     assert not (out / "model.safetensors").exists()
 
 

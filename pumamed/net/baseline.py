@@ -48,11 +48,6 @@ class ResNetConfig:
             raise CheckpointError(f"invalid ResNet-18 config: {exc}") from exc
 
 
-# the classifier families of this module, by their checkpoint ``arch`` name
-BASELINE_ARCHITECTURES = ("resnet18", "convnet")
-BASELINE_NAMES = {"resnet18": "ResNet-18", "convnet": "plain ConvNet"}
-
-
 class ResNet18Classifier(nn.Module):
     """torchvision ResNet-18 with a 1-channel stem; ``predict_proba`` like PumaMedNet's."""
 
@@ -114,14 +109,17 @@ class ConvNetClassifier(nn.Module):
         return logits_to_proba(self.forward(x), self.config.task)
 
 
+# the classifier families of this module by their checkpoint ``arch`` name: (class, display name)
+_BASELINES = {"resnet18": (ResNet18Classifier, "ResNet-18"), "convnet": (ConvNetClassifier, "plain ConvNet")}
+BASELINE_ARCHITECTURES = tuple(_BASELINES)
+BASELINE_NAMES = {arch: name for arch, (_, name) in _BASELINES.items()}
+
+
 def baseline_class(arch: str):
     """The module class of a baseline ``arch`` (checkpoint name)."""
-    return {"resnet18": ResNet18Classifier, "convnet": ConvNetClassifier}[arch]
+    return _BASELINES[arch][0]
 
 
 def baseline_arch(model: nn.Module) -> str | None:
     """The checkpoint ``arch`` name of a baseline model, None for anything else."""
-    for arch in BASELINE_ARCHITECTURES:
-        if isinstance(model, baseline_class(arch)):
-            return arch
-    return None
+    return next((arch for arch, (cls, _) in _BASELINES.items() if isinstance(model, cls)), None)

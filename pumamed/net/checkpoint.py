@@ -26,6 +26,7 @@ import torch
 
 from pumamed.catalog import CARD_FILE, CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE, read_json_object
 from pumamed.errors import CheckpointError
+from pumamed.net.baseline import BASELINE_ARCHITECTURES
 from pumamed.net.files import (  # noqa: F401 - re-exported: the checkpoint's file API
     _atomic_write,
     _jsonable,
@@ -41,7 +42,7 @@ STATE_WEIGHTS_FILE = "training_state.safetensors"
 STATE_JSON_FILE = "training_state.json"
 RESUME_FILE = "resume_state.safetensors"
 RESUME_FORMAT = "pumamed-resume-state"
-ARCHITECTURES = ("pumamednet", "resnet18", "convnet")
+ARCHITECTURES = ("pumamednet", *BASELINE_ARCHITECTURES)
 
 
 @dataclass
@@ -129,7 +130,7 @@ def build_model(config: dict) -> torch.nn.Module:
             return PumaMedNet(model_config)
         except (RuntimeError, MemoryError) as exc:  # e.g. a config declaring 10**9 latent dimensions
             raise CheckpointError(f"config.json describes a model that cannot be built here ({type(exc).__name__})") from exc
-    if arch in ("resnet18", "convnet"):
+    if arch in BASELINE_ARCHITECTURES:
         from pumamed.net.baseline import ResNetConfig, baseline_class
 
         return baseline_class(arch)(ResNetConfig.from_dict(model_cfg))

@@ -178,19 +178,20 @@ class ResizedInput(nn.Module):
         return self.model.classify(images) if hasattr(self.model, "classify") else self.model(images)
 
 
-def _load_one_teacher(folder: Path, train: ArrayData, size: int):
+def _load_one_teacher(folder: Path, train: ArrayData, size: int, role: str = "teacher"):
+    """One trained classifier checked against the run (``role`` names the option in messages)."""
     loaded = ckpt.load_model(folder, device="cpu")
     model_cfg = loaded.config.get("model", {})
     has_head = loaded.arch in BASELINE_ARCHITECTURES or getattr(loaded.model, "classifier", None) is not None
     if not has_head:
-        raise InputError(f"the `teacher` model in {folder} has no classifier head")
+        raise InputError(f"the `{role}` model in {folder} has no classifier head")
     problems = []
     if list(model_cfg.get("class_names", [])) != list(train.class_names):
         problems.append(f"classes {model_cfg.get('class_names')} (this run: {list(train.class_names)})")
     if model_cfg.get("task") != train.task:
         problems.append(f"task {model_cfg.get('task')!r} (this run: {train.task!r})")
     if problems:
-        raise InputError(f"the `teacher` model in {folder} does not match this run: " + "; ".join(problems))
+        raise InputError(f"the `{role}` model in {folder} does not match this run: " + "; ".join(problems))
     val_auc = None
     try:
         metrics = json.loads((Path(folder) / ckpt.METRICS_FILE).read_text(encoding="utf-8"))
@@ -368,7 +369,8 @@ def run(spec: RunSpec, log=None) -> dict:
                              "(not the judge that will score the counterfactuals)")
         if spec.arch != "pumamednet" or train.task not in ("binary", "multiclass"):
             raise InputError("the walk term trains a PumaMedNet with a binary or multiclass head on one dataset")
-        walk_reader, meta["data"]["walk_reader"] = _load_one_teacher(Path(spec.walk_reader), train, spec.size)
+        walk_reader, meta["data"]["walk_reader"] = _load_one_teacher(Path(spec.walk_reader), train, spec.size,
+                                                                     role="walk-reader")
         log(f"walk term: {meta['data']['walk_reader']['description']} reads the walked pictures "
             f"(weight {spec.train.walk_weight}, span {spec.train.walk_span})")
     elif spec.walk_reader is not None:
