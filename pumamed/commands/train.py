@@ -89,6 +89,11 @@ def register(subparsers) -> None:
     p.add_argument("--walk-reader", metavar="DIR",
                    help="checkpoint folder of a classifier trained on the original images (same classes), e.g. "
                         "train --arch convnet; it must not be the judge that scores the counterfactuals")
+    p.add_argument("--detail-independence", dest="detail_independence_weight", type=float, default=0.0,
+                   metavar="WEIGHT",
+                   help="hierarchical models with a classifier: penalise, with this weight, how much the classes' "
+                        "residual detail codes differ (maximum mean discrepancy), so what tells the classes apart "
+                        "is drawn from the global code that the walks move (default 0: off)")
     p.add_argument("--train-only", choices=["all", "decoder"], default="all",
                    help="decoder: only the decoder (and the loss-weight net) learns, the encoder and the classifier "
                         "of the --init model are held, and the last epoch is kept (default all)")
@@ -141,6 +146,7 @@ def run_train(args) -> int:
         distill_weight=args.distill_weight, distill_temperature=args.distill_temperature, ema=args.ema,
         detail_beta=args.detail_beta, ssim_weight=args.ssim_weight, detail_swap_weight=args.detail_swap_weight,
         walk_weight=args.walk_weight, walk_span=args.walk_span, train_only=args.train_only,
+        detail_independence_weight=args.detail_independence_weight,
         output_gradient_floor=args.output_gradient_floor, fill_mask=args.fill_mask,
         num_workers=workers,
         channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, max_steps_per_epoch=args.max_steps_per_epoch,

@@ -99,6 +99,10 @@ def make_card(config: dict, metrics: dict) -> str:
                      f"had to read on those pictures what the head reads on the walked codes; only the decoder "
                      f"learnt from it, and the reader is not needed to use this model (nor is it the judge of the "
                      f"faithfulness figures)")
+    if training.get("detail_independence_weight"):
+        lines.append(f"- detail independence (weight {training['detail_independence_weight']}): the maximum mean "
+                     f"discrepancy between the classes' residual detail codes was penalised, so what tells the "
+                     f"classes apart is drawn from the global code that the walks move")
     refit = data.get("head_refit")
     if refit:
         form = "linear" if not refit.get("hidden") else f"one hidden layer of {refit['hidden']} units"

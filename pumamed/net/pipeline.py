@@ -375,6 +375,10 @@ def run(spec: RunSpec, log=None) -> dict:
             f"(weight {spec.train.walk_weight}, span {spec.train.walk_span})")
     elif spec.walk_reader is not None:
         raise InputError("--walk-reader is read by the walk term: give --walk-weight too (e.g. 50)")
+    if spec.train.detail_independence_weight > 0 and (
+            spec.arch != "pumamednet" or not model.has_detail or train.task not in ("binary", "multiclass")):
+        raise InputError("--detail-independence trains a PumaMedNet with a detail code (--detail-channels) and a "
+                         "binary or multiclass head")
 
     def card_fn(metrics, config):
         return make_card(config, metrics)

@@ -107,6 +107,15 @@ class TrainConfig:
     # The reader must not be the judge that later scores the counterfactuals.
     walk_weight: float = 0.0
     walk_span: float = 2.0
+    # > 0 (hierarchical PumaMedNets with a binary or multiclass head): the residual detail code
+    # (posterior mean minus its prior mean) is made independent of the class, with this weight: the
+    # maximum mean discrepancy between each class's detail statistics and the other classes' in the
+    # batch is added to the loss (the variational fair autoencoder's penalty, Louizos et al. 2016;
+    # a learnt adversary had too few steps on a few hundred images to find anything to remove). The
+    # detail code then keeps little that tells the classes apart (on BUSI, the lesion that a walk
+    # to "normal" must remove), so that is drawn from the global code, which the walks move with the
+    # detail code held at the image's own value.
+    detail_independence_weight: float = 0.0
     # "decoder": only the decoder and the loss-weight net learn; the encoder and the heads are held,
     # so the classifier (and every explanation's reading of an image) stays the --init model's, and
     # a picture term (the walk term) cannot trade the classifier for pictures. The validation AUC
@@ -133,8 +142,10 @@ class TrainConfig:
             raise InputError("`distill_weight` must be in [0, 1] and `distill_temperature` positive")
         if not (self.ema == 0.0 or 0.0 < self.ema < 1.0):
             raise InputError(f"`ema` must be 0 (off) or a decay between 0 and 1, e.g. 0.99; got {self.ema}")
-        if self.detail_beta < 0 or self.ssim_weight < 0 or self.detail_swap_weight < 0 or self.walk_weight < 0:
-            raise InputError("`detail_beta`, `detail_swap_weight`, `walk_weight` and `ssim_weight` must not be negative")
+        if min(self.detail_beta, self.ssim_weight, self.detail_swap_weight, self.walk_weight,
+               self.detail_independence_weight) < 0:
+            raise InputError("`detail_beta`, `detail_swap_weight`, `walk_weight`, `detail_independence_weight` and "
+                             "`ssim_weight` must not be negative")
         if not 0.0 < self.walk_span <= 10.0:
             raise InputError(f"`walk_span` must be in (0, 10] (multiples of the class centres' distance); got {self.walk_span}")
         if not 0.0 <= self.output_gradient_floor < 0.25:
@@ -142,6 +153,9 @@ class TrainConfig:
                              f"got {self.output_gradient_floor}")
         if self.train_only not in TRAINABLE_PARTS:
             raise InputError(f"`train_only` must be one of {', '.join(TRAINABLE_PARTS)}, got {self.train_only!r}")
+        if self.detail_independence_weight > 0 and self.train_only != "all":
+            raise InputError("`detail_independence_weight` acts on the encoder, which `train_only` "
+                             f"{self.train_only!r} holds; train the whole model with it")
         if self.augment_on not in AUGMENT_PLACES:
             raise InputError(f"`augment_on` must be one of {', '.join(AUGMENT_PLACES)}, got {self.augment_on!r}")
 
@@ -155,6 +169,41 @@ class TrainConfig:
 
 
 # --- objective ----------------------------------------------------------------------------------
+def detail_statistics(residual: torch.Tensor) -> torch.Tensor:
+    """Per image, what a lesion changes in a residual detail code wherever it lies: each channel's
+    4 x 4 block means, its spatial standard deviation and its mean square (B x C*18)."""
+    flat = residual.flatten(2)
+    return torch.cat([nn.functional.adaptive_avg_pool2d(residual, 4).flatten(1), flat.std(2),
+                      flat.pow(2).mean(2)], 1)
+
+
+def class_discrepancy(features: torch.Tensor, label: torch.Tensor, classes: int) -> torch.Tensor:
+    """Sum over classes of the squared maximum mean discrepancy between the class's features and
+    the other classes' in the batch (Gaussian kernels at 0.5, 1 and 2 times the median squared
+    distance). Zero on average when every class's features share one distribution; a class absent
+    from the batch (or alone in it) adds nothing. Tensor operations only, so a CUDA graph can replay it."""
+    features = features.float()
+    squared = torch.cdist(features, features).pow(2)
+    bandwidth = squared.detach().median().clamp_min(1e-6)
+    kernel = sum(torch.exp(-squared / (bandwidth * scale)) for scale in (0.5, 1.0, 2.0))
+    # the unbiased estimate: a sample's similarity to itself is left out of the within-group means,
+    # so labels drawn at random give zero on average
+    off_diagonal = kernel * (1.0 - torch.eye(len(features), device=features.device, dtype=features.dtype))
+    member = nn.functional.one_hot(label.long().clamp(0, classes - 1), classes).to(features.dtype)
+    total = features.new_zeros(())
+    for c in range(classes):
+        inside, outside = member[:, c], 1.0 - member[:, c]
+        n_in, n_out = inside.sum(), outside.sum()
+        both = ((n_in > 1) & (n_out > 1)).to(features.dtype)
+        a, b = inside / n_in.clamp_min(1.0), outside / n_out.clamp_min(1.0)
+
+        def within(w, n):
+            return (w @ off_diagonal @ w) * n / (n - 1.0).clamp_min(1.0)
+
+        total = total + both * (within(a, n_in) + within(b, n_out) - 2.0 * a @ kernel @ b)
+    return total
+
+
 class TrainingObjective(nn.Module):
     """Every loss term in one forward (what DDP wraps). Returns (loss, stats)."""
 
@@ -179,6 +228,11 @@ class TrainingObjective(nn.Module):
                 raise InputError("`walk_weight` > 0 needs a walk reader (train --walk-reader DIR)")
             if not self.is_vae or getattr(model, "classifier", None) is None or self.task not in ("binary", "multiclass"):
                 raise InputError("the walk term needs a PumaMedNet with a binary or multiclass classifier head")
+        if cfg.detail_independence_weight > 0 and (
+                not self.is_vae or not getattr(model, "has_detail", False)
+                or getattr(model, "classifier", None) is None or self.task not in ("binary", "multiclass")):
+            raise InputError("the detail independence term needs a hierarchical PumaMedNet (a detail code) with "
+                             "a binary or multiclass classifier head")
 
     CENTRE_MOMENTUM = 0.95  # per step: about the last 20 batches' codes make a class centre
 
@@ -260,6 +314,11 @@ class TrainingObjective(nn.Module):
             drawn = model.reparameterize(detail_mu, detail_logvar) if cfg.sample_latent else detail_mu
             residual = drawn - prior_mu
             walk_detail = detail_mu - prior_mu
+            independence = None
+            if cfg.detail_independence_weight > 0:
+                independence = class_discrepancy(detail_statistics(walk_detail), label,
+                                                 max(2, int(model.config.num_classes)))
+                stats["detail_discrepancy"] = independence.detach()
             # detail dropout: a share of the images is drawn from the prior mean given z alone
             recon = model.decoder.bottom_up(features, prior_mu + drop_detail(residual, model.config.detail_dropout))
             if cfg.detail_swap_weight > 0 and model.classifier is not None and len(z) > 1:
@@ -287,6 +346,8 @@ class TrainingObjective(nn.Module):
             stats["kl_detail"] = kl_detail.detach()
         if swap_term is not None:
             loss = loss + cfg.detail_swap_weight * swap_term
+        if detail_mu is not None and independence is not None:
+            loss = loss + cfg.detail_independence_weight * independence
         stats.update(recon=rec.detach(), kl=kl.detach(), kl_dims=kl_dims.detach().mean(0),
                      mse=(recon.detach().float() - target).pow(2).mean() if valid is None else
                      ((recon.detach().float() - target).pow(2) * valid).sum() / valid.sum().clamp_min(1.0))
@@ -440,6 +501,11 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
     use_graphs = cfg.cuda_graphs and graphs_supported(device, scaler, world)
     if cfg.cuda_graphs and not use_graphs and device.type == "cuda" and rank == 0:
         log("CUDA graphs need a single process with bf16 or fp32 (not DDP, not fp16): training eagerly")
+    if teacher is not None:
+        teacher = teacher.to(device).eval().requires_grad_(False)
+    if walk_reader is not None:
+        walk_reader = walk_reader.to(device).eval().requires_grad_(False)
+    objective = TrainingObjective(model, cfg, train, teacher=teacher, walk_reader=walk_reader)
     trainable = trainable_parameters(model, cfg.train_only)
     optimizer = make_optimizer(trainable, cfg.lr, cfg.weight_decay, device, capturable=use_graphs)
     averaged = WeightAverage(model, cfg.ema) if cfg.ema else None
@@ -479,11 +545,6 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
             weights_before = torch.tensor(info["weights_before"])
         log(f"resuming after epoch {start_epoch} of {cfg.epochs}")
 
-    if teacher is not None:
-        teacher = teacher.to(device).eval().requires_grad_(False)
-    if walk_reader is not None:
-        walk_reader = walk_reader.to(device).eval().requires_grad_(False)
-    objective = TrainingObjective(model, cfg, train, teacher=teacher, walk_reader=walk_reader)
     runner: nn.Module = objective
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
