@@ -136,7 +136,7 @@ def test_walk_settings_are_checked(real_images, imaging_root, tmp_path, capsys):
         TrainConfig(walk_span=0.0)
     with pytest.raises(InputError, match="must not be negative"):
         TrainConfig(walk_weight=-1.0)
-    with pytest.raises(InputError, match="needs a walk reader"):
+    with pytest.raises(InputError, match="needs a reader"):
         TrainingObjective(tiny_model(real_images), TrainConfig(walk_weight=1.0), real_images)
     common = ["train", "--dataset", "breastmnist", *TINY_CLI, "--epochs", "1", "--max-steps-per-epoch", "1",
               "--batch-size", "8", "--no-test", "--no-calibrate"]

@@ -86,7 +86,14 @@ def register(subparsers) -> None:
                    help="with --walk-reader: walk each global code towards another class's centre, decode it with "
                         "the image's own detail, and train the decoder so that the reader reads on that picture "
                         "what the model's head reads on the walked code (e.g. 50; default 0: off)")
-    p.add_argument("--walk-reader", metavar="DIR",
+    p.add_argument("--global-read", dest="global_read_weight", type=float, default=0.0, metavar="WEIGHT",
+                   help="with --walk-reader: decode each global code with the detail at its prior mean (the global "
+                        "code alone) and train the model so that the reader reads the image's class on that picture "
+                        "(e.g. 50; default 0: off)")
+    p.add_argument("--keep-epoch", choices=("best", "last"), default="best",
+                   help="keep the best validation epoch (default) or the last (for a training term that trades a "
+                        "little validation AUC for pictures)")
+    p.add_argument("--walk-reader", "--reader", dest="walk_reader", metavar="DIR",
                    help="checkpoint folder of a classifier trained on the original images (same classes), e.g. "
                         "train --arch convnet; it must not be the judge that scores the counterfactuals")
     p.add_argument("--detail-independence", dest="detail_independence_weight", type=float, default=0.0,
@@ -147,6 +154,7 @@ def run_train(args) -> int:
         detail_beta=args.detail_beta, ssim_weight=args.ssim_weight, detail_swap_weight=args.detail_swap_weight,
         walk_weight=args.walk_weight, walk_span=args.walk_span, train_only=args.train_only,
         detail_independence_weight=args.detail_independence_weight,
+        global_read_weight=args.global_read_weight, keep_epoch=args.keep_epoch,
         output_gradient_floor=args.output_gradient_floor, fill_mask=args.fill_mask,
         num_workers=workers,
         channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, max_steps_per_epoch=args.max_steps_per_epoch,

@@ -363,18 +363,25 @@ def run(spec: RunSpec, log=None) -> dict:
             f"temperature {spec.train.distill_temperature})")
 
     walk_reader = None
-    if spec.train.walk_weight > 0:
+    reading_terms = [flag for flag, weight in (("--walk-weight", spec.train.walk_weight),
+                                               ("--global-read", spec.train.global_read_weight)) if weight > 0]
+    if reading_terms:
         if spec.walk_reader is None:
-            raise InputError("--walk-weight needs --walk-reader DIR: a classifier trained on the original images "
-                             "(not the judge that will score the counterfactuals)")
+            raise InputError(f"{reading_terms[0]} needs --walk-reader DIR: a classifier trained on the original "
+                             "images (not the judge that will score the counterfactuals)")
         if spec.arch != "pumamednet" or train.task not in ("binary", "multiclass"):
-            raise InputError("the walk term trains a PumaMedNet with a binary or multiclass head on one dataset")
+            raise InputError(f"{reading_terms[0]} trains a PumaMedNet with a binary or multiclass head on one dataset")
         walk_reader, meta["data"]["walk_reader"] = _load_one_teacher(Path(spec.walk_reader), train, spec.size,
                                                                      role="walk-reader")
-        log(f"walk term: {meta['data']['walk_reader']['description']} reads the walked pictures "
-            f"(weight {spec.train.walk_weight}, span {spec.train.walk_span})")
+        if spec.train.walk_weight > 0:
+            log(f"walk term: {meta['data']['walk_reader']['description']} reads the walked pictures "
+                f"(weight {spec.train.walk_weight}, span {spec.train.walk_span})")
+        if spec.train.global_read_weight > 0:
+            log(f"global read: {meta['data']['walk_reader']['description']} reads the global code's pictures "
+                f"(weight {spec.train.global_read_weight})")
     elif spec.walk_reader is not None:
-        raise InputError("--walk-reader is read by the walk term: give --walk-weight too (e.g. 50)")
+        raise InputError("--walk-reader is read by the walk term or the global read: give --walk-weight too "
+                         "(e.g. 50) or --global-read")
     if spec.train.detail_independence_weight > 0 and (
             spec.arch != "pumamednet" or not model.has_detail or train.task not in ("binary", "multiclass")):
         raise InputError("--detail-independence trains a PumaMedNet with a detail code (--detail-channels) and a "

@@ -34,7 +34,7 @@ def epoch_summary(record: dict) -> str:
     """One line per epoch: losses, active dimensions, validation figures, throughput."""
     parts = [f"epoch {record['epoch']}", f"loss {record.get('loss', float('nan')):.3f}"]
     for key in ("recon", "kl", "kl_detail", "cls", "detail_swap", "distill", "aux", "walk",
-                "detail_discrepancy"):
+                "global_read", "detail_discrepancy"):
         if key in record:
             parts.append(f"{key} {record[key]:.3f}")
     if "kl_per_dim" in record:

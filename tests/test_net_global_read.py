@@ -1,0 +1,133 @@
+"""The global read of training (``train --global-read W --walk-reader DIR``): the picture of the
+global code alone (the detail code at its prior mean) must show an independent reader the image's
+class, since the walks move only the global code. And ``--keep-epoch last``. Known answers on real
+images; tiny models, few steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import TINY_PUMAMEDNET, TRAIN_SIZE
+from tests.test_net_walk import _reader
+from pumamed.cli import main
+from pumamed.errors import InputError
+from pumamed.net.losses import classification_loss
+from pumamed.net.train import TrainConfig, TrainingObjective
+
+SIZE = TRAIN_SIZE
+TINY_CLI = ["--size", str(SIZE), "--widths", "8,16,32", "--latent", "8", "--quiet"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _model(data, seed: int = 0):
+    from pumamed.net import PumaMedNet, PumaMedNetConfig
+
+    torch.manual_seed(seed)
+    return PumaMedNet(PumaMedNetConfig(**{**TINY_PUMAMEDNET, "image_size": SIZE}, detail_channels=2,
+                                       detail_resolution=8, num_classes=len(data.class_names), task=data.task,
+                                       class_names=list(data.class_names)))
+
+
+def _batch(data):
+    x = data.images.float() / 255
+    return (x, x, data.labels, torch.zeros(len(x), dtype=torch.long), 1.0, 0.0)
+
+
+def test_global_read_reaches_encoder_and_decoder_not_the_reader(real_images):
+    model, reader = _model(real_images), _reader(real_images)
+    model.train()
+
+    def gradients(weight: float):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)
+        objective = TrainingObjective(model, TrainConfig(global_read_weight=weight), real_images, walk_reader=reader)
+        loss, stats = objective(*_batch(real_images))
+        loss.backward()
+        assert (weight > 0) == ("global_read" in stats)
+        return [torch.cat([p.grad.flatten() for p in part.parameters() if p.grad is not None])
+                for part in (model.encoder, model.decoder)]
+
+    with_term, without = gradients(1e3), gradients(0.0)
+    for part_with, part_without in zip(with_term, without):
+        assert not torch.allclose(part_with, part_without)
+    assert all(p.grad is None for p in reader.parameters())
+
+
+class ThresholdReader(torch.nn.Module):
+    """A reader with a known rule: class 1 when the picture's mean brightness is above a threshold."""
+
+    def __init__(self, threshold: float):
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, pictures):
+        return 50.0 * (pictures.mean((1, 2, 3)) - self.threshold).unsqueeze(1)
+
+
+def test_training_on_the_global_read_draws_the_class_from_the_global_code(real_images):
+    """Known answer: the real images labelled by their own brightness (above the median: class 1)
+    and a reader that reads brightness against that median. A model trained on the term alone
+    draws, from the global code alone (detail at the prior mean), pictures on the right side of the
+    median for nearly every image; untrained, it draws them all alike (one class, half right)."""
+    model = _model(real_images)
+    x = real_images.images.float() / 255
+    brightness = x.mean((1, 2, 3))
+    median = float(brightness.median())
+    label = (brightness > median).float()
+    reader = ThresholdReader(median)
+
+    def reading() -> tuple[float, float]:
+        model.eval()
+        with torch.no_grad():
+            logits = reader(model.decode(model.encode(x)[0]))
+        model.train()
+        right = float(((logits[:, -1] > 0).float() == label).float().mean())
+        return float(classification_loss(logits, label, "binary")), right
+
+    before, right_before = reading()
+    objective = TrainingObjective(model, TrainConfig(global_read_weight=1.0, recon_weight=0.0, beta=0.0,
+                                                     detail_beta=0.0, cls_weight=0.0, sample_latent=False),
+                                  real_images, walk_reader=reader)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batch = (x, x, label, torch.zeros(len(x), dtype=torch.long), 1.0, 0.0)
+    for _ in range(350):  # the pictures first collapse to the threshold, then part by brightness
+        optimizer.zero_grad()
+        objective(*batch)[0].backward()
+        optimizer.step()
+    after, right_after = reading()
+    assert after < before - 0.3, (before, after)
+    assert right_before <= 0.6 and right_after >= 0.9, (right_before, right_after)
+
+
+def test_cli_global_read_keep_last_and_refusals(real_images, tmp_path, capsys):
+    common = ["--dataset", "breastmnist", "--size", str(SIZE), "--max-steps-per-epoch", "2", "--batch-size", "8",
+              "--quiet", "--no-test", "--no-calibrate"]
+    reader = tmp_path / "reader"
+    assert main(["train", "--arch", "convnet", *common, "--epochs", "1", "--out", str(reader)]) == 0
+    out = tmp_path / "global"
+    assert main(["train", *common, "--widths", "8,16,32", "--latent", "8", "--detail-channels", "2",
+                 "--detail-resolution", "8", "--epochs", "2", "--global-read", "40", "--reader", str(reader),
+                 "--keep-epoch", "last", "--out", str(out)]) == 0
+    capsys.readouterr()
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["global_read_weight"] == 40.0 and config["training"]["keep_epoch"] == "last"
+    assert config["data"]["walk_reader"]["arch"] == "convnet"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["history"][-1]["global_read"] > 0
+    assert metrics["best_epoch"] == 2  # the last, whatever the validation AUC
+    card = (out / "model_card.md").read_text()
+    assert "global read (weight 40.0)" in card and "last epoch's weights were kept" in card
+    refused = tmp_path / "refused"
+    assert main(["train", *common, *TINY_CLI[2:], "--epochs", "1", "--global-read", "10", "--out", str(refused)]) == 2
+    assert "--global-read needs --walk-reader" in capsys.readouterr().err
+    assert not (refused / "model.safetensors").exists()
+    with pytest.raises(InputError, match="keep_epoch"):
+        TrainConfig(keep_epoch="worst")
+    with pytest.raises(InputError, match="must not be negative"):
+        TrainConfig(global_read_weight=-1.0)
+    with pytest.raises(InputError, match="needs a reader"):
+        TrainingObjective(_model(real_images), TrainConfig(global_read_weight=1.0), real_images)
