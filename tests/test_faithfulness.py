@@ -94,6 +94,26 @@ def test_the_ratio_is_one_for_identity_and_zero_for_a_constant_picture(chest_jud
     assert lost["auc_reconstruction"] == pytest.approx(0.5) and lost["ratio"] == pytest.approx(0.0, abs=1e-9)
     # a judge at chance makes the ratio undefined rather than a division by noise
     assert faithfulness_ratio(0.7, 0.5) is None and faithfulness_ratio(None, 0.9) is None
+    assert "global_code" not in kept  # no detail code: the reconstruction is the global code's picture
+
+    class GlobalCodeKeepsAll(Identity):  # a hierarchical stand-in whose global code alone draws the image
+        has_detail = True
+
+        def encode(self, x):
+            return x, None
+
+        def decode(self, mu, detail=None):
+            return mu
+
+    class GlobalCodeKeepsNothing(GlobalCodeKeepsAll):  # ... and one whose detail code carries everything
+        def decode(self, mu, detail=None):
+            return torch.full_like(mu, 0.5)
+
+    alone, _, _ = score_faithfulness(GlobalCodeKeepsAll(), judge, images, labels, "binary", ds.class_names, "cpu", 32)
+    assert alone["global_code"]["ratio"] == pytest.approx(1.0) and alone["ratio"] == pytest.approx(1.0)
+    none, _, _ = score_faithfulness(GlobalCodeKeepsNothing(), judge, images, labels, "binary", ds.class_names,
+                                    "cpu", 32)
+    assert none["global_code"]["ratio"] == pytest.approx(0.0, abs=1e-9) and none["ratio"] == pytest.approx(1.0)
 
 
 def test_the_decision_counterfactual_stops_where_the_models_decision_changed(chest_judge):

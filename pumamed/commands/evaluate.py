@@ -126,6 +126,11 @@ def run_evaluate(args) -> int:
         print(f"  judge {faithful['judge']} ({faithful['judge_arch']}, {faithful['judge_image_size']} px): macro AUC "
               f"{faithful['auc_original']:.4f} on originals, {faithful['auc_reconstruction']:.4f} on "
               f"reconstructions; faithfulness {'n/a' if ratio is None else f'{ratio:.3f}'}")
+        alone = faithful.get("global_code")
+        if alone and alone.get("auc") is not None:
+            alone_ratio = "n/a" if alone["ratio"] is None else f"{alone['ratio']:.3f}"
+            print(f"    the global code alone (detail at its prior mean): judge macro AUC {alone['auc']:.4f}, "
+                  f"ratio {alone_ratio}")
     cf = result.get("counterfactuals")
     if cf and "validity" in cf:
         walk = (cf.get("settings") or {}).get("walk", "gradient")

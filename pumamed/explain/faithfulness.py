@@ -134,6 +134,19 @@ def score_faithfulness(model, judge, images, labels, task: str, class_names, dev
         if task != "multilabel" else None,
         "definition": "(AUC_recon - 0.5) / (AUC_orig - 0.5), macro AUC of the judge",
     }
+    if getattr(model, "has_detail", False):
+        # the picture of the global code alone (detail at its prior mean): what the walks and
+        # traversals move. A judge that reads it near chance reads its evidence from the held detail
+        # code, so edits of the global code rarely change its decision (breast against brain, A2)
+        with torch.no_grad():
+            global_only = torch.cat([model.decode(model.encode(images[s:s + batch_size].to(device))[0]).float().cpu()
+                                     for s in range(0, len(images), batch_size)])
+        auc_g = classification_metrics(labels, judge_probabilities(judge, global_only, device, batch_size), task,
+                                       class_names)["auc"]["macro"]
+        block["global_code"] = {
+            "auc": auc_g, "ratio": faithfulness_ratio(auc_g, auc_o),
+            "definition": "the judge's macro AUC on decode(mu, detail code at its prior mean), and its ratio as above",
+        }
     return block, proba_original, proba_recon
 
 
