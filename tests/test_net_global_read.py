@@ -131,3 +131,24 @@ def test_cli_global_read_keep_last_and_refusals(real_images, tmp_path, capsys):
         TrainConfig(global_read_weight=-1.0)
     with pytest.raises(InputError, match="needs a reader"):
         TrainingObjective(_model(real_images), TrainConfig(global_read_weight=1.0), real_images)
+
+
+def test_jitter_blurs_and_noises_within_its_bounds(real_images):
+    from pumamed.net.train import jitter
+
+    x = (real_images.images.float() / 255).requires_grad_(True)
+    torch.manual_seed(0)
+    out = jitter(x, 0.5)
+    assert out.shape == x.shape
+    out.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0  # the reader's gradient reaches the decoder
+    with torch.no_grad():
+        change = (out - x).flatten(1)
+        # the noise's spread is at most 0.1 and the blur keeps each picture's mean brightness
+        assert float((out - x).mean((1, 2, 3)).abs().max()) < 0.05
+        assert float(change.std(1).max()) < 0.1 + 0.2
+        assert float(change.abs().mean()) > 0.005
+        torch.manual_seed(1)
+        assert not torch.allclose(jitter(x, 0.5), out)  # drawn afresh each time
+    with pytest.raises(InputError, match="global_read_jitter"):
+        TrainConfig(global_read_jitter=1.0)

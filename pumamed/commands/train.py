@@ -90,6 +90,9 @@ def register(subparsers) -> None:
                    help="with --walk-reader: decode each global code with the detail at its prior mean (the global "
                         "code alone) and train the model so that the reader reads the image's class on that picture "
                         "(e.g. 50; default 0: off)")
+    p.add_argument("--global-read-jitter", type=float, default=0.0, metavar="J",
+                   help="the reader of --global-read sees each picture blurred (partly resampled by a factor 1 - J) "
+                        "and with noise (sd up to J/5), so the cues it reads must survive both (default 0)")
     p.add_argument("--keep-epoch", choices=("best", "last"), default="best",
                    help="keep the best validation epoch (default) or the last (for a training term that trades a "
                         "little validation AUC for pictures)")
@@ -154,7 +157,8 @@ def run_train(args) -> int:
         detail_beta=args.detail_beta, ssim_weight=args.ssim_weight, detail_swap_weight=args.detail_swap_weight,
         walk_weight=args.walk_weight, walk_span=args.walk_span, train_only=args.train_only,
         detail_independence_weight=args.detail_independence_weight,
-        global_read_weight=args.global_read_weight, keep_epoch=args.keep_epoch,
+        global_read_weight=args.global_read_weight, global_read_jitter=args.global_read_jitter,
+        keep_epoch=args.keep_epoch,
         output_gradient_floor=args.output_gradient_floor, fill_mask=args.fill_mask,
         num_workers=workers,
         channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, max_steps_per_epoch=args.max_steps_per_epoch,

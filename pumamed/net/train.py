@@ -124,6 +124,11 @@ class TrainConfig:
     # global code alone drew pictures a judge read at macro AUC 0.61 (0.89 on brain MRI, whose walks
     # convince it); docs/faithfulness.md, A2. Decoder and encoder learn from it.
     global_read_weight: float = 0.0
+    # > 0: the reader sees each global-only picture jittered: blended by a random share (per image)
+    # towards its down- and up-sampling by 1 - J, and with Gaussian noise of a standard deviation
+    # drawn per image from [0, J / 5], so the decoder cannot satisfy it with fine cues of that one reader that a
+    # judge does not read (A2: the reader read the global-only pictures, the judge did not)
+    global_read_jitter: float = 0.0
     # which epoch's weights are kept: "best" (the best validation score) or "last" (for a run whose
     # training term trades a little validation AUC for pictures; decoder-only runs always keep the last)
     keep_epoch: str = "best"
@@ -157,6 +162,8 @@ class TrainConfig:
                self.detail_independence_weight, self.global_read_weight) < 0:
             raise InputError("`detail_beta`, `detail_swap_weight`, `walk_weight`, `detail_independence_weight`, "
                              "`global_read_weight` and `ssim_weight` must not be negative")
+        if not 0.0 <= self.global_read_jitter < 1.0:
+            raise InputError(f"`global_read_jitter` must be in [0, 1), got {self.global_read_jitter}")
         if self.keep_epoch not in ("best", "last"):
             raise InputError(f"`keep_epoch` must be best or last, got {self.keep_epoch!r}")
         if not 0.0 < self.walk_span <= 10.0:
@@ -366,7 +373,8 @@ class TrainingObjective(nn.Module):
         if swap_term is not None:
             loss = loss + cfg.detail_swap_weight * swap_term
         if cfg.global_read_weight > 0 and global_only is not None:
-            global_read = classification_loss(self._walk_reader[0](global_only), label, self.task)
+            pictures = jitter(global_only, cfg.global_read_jitter) if cfg.global_read_jitter > 0 else global_only
+            global_read = classification_loss(self._walk_reader[0](pictures), label, self.task)
             stats["global_read"] = global_read.detach()
             loss = loss + cfg.global_read_weight * global_read
         if independence is not None:
@@ -424,6 +432,21 @@ def frozen_reader_logits(model, images: torch.Tensor) -> torch.Tensor:
 
     mu = functional_call(model.encoder, held(model.encoder), (images,))[0]
     return functional_call(model.classifier, held(model.classifier), (mu,))
+
+
+def jitter(pictures: torch.Tensor, amount: float) -> torch.Tensor:
+    """``pictures`` blurred by a random share (per image) of a down- and up-sampling by 1 - amount,
+    and with Gaussian noise of a standard deviation drawn per image from [0, amount / 5];
+    differentiable, and tensor operations only (no host-side draw), so a CUDA graph replays it."""
+    size = pictures.shape[-1]
+    small = max(4, int(round(size * (1.0 - amount))))
+    blurred = nn.functional.interpolate(nn.functional.interpolate(pictures, size=(small, small), mode="bilinear",
+                                                                  antialias=True, align_corners=False),
+                                        size=(size, size), mode="bilinear", align_corners=False)
+    shape = (len(pictures), 1, 1, 1)
+    share = torch.rand(shape, device=pictures.device, dtype=pictures.dtype)
+    spread = torch.rand(shape, device=pictures.device, dtype=pictures.dtype) * (amount / 5.0)
+    return pictures + share * (blurred - pictures) + spread * torch.randn_like(pictures)
 
 
 def drop_detail(detail: torch.Tensor, rate: float) -> torch.Tensor:
