@@ -10,7 +10,8 @@ import json
 import pytest
 import torch
 
-from tests.conftest import TINY_PUMAMEDNET, TRAIN_SIZE
+from tests.conftest import TRAIN_SIZE
+from tests.test_net_walk import _hierarchical_model
 from pumamed.cli import main
 from pumamed.errors import InputError
 from pumamed.net.train import TrainConfig, TrainingObjective, class_discrepancy, detail_statistics
@@ -93,12 +94,7 @@ def test_minimising_it_removes_the_class_from_the_codes(many_images):
 
 
 def test_the_term_reaches_the_encoder(real_images):
-    from pumamed.net import PumaMedNet, PumaMedNetConfig
-
-    torch.manual_seed(0)
-    model = PumaMedNet(PumaMedNetConfig(**{**TINY_PUMAMEDNET, "image_size": SIZE}, detail_channels=2,
-                                        detail_resolution=8, num_classes=len(real_images.class_names),
-                                        task=real_images.task, class_names=list(real_images.class_names)))
+    model = _hierarchical_model(real_images)
     x = real_images.images.float() / 255
     label = real_images.labels
     args = (x, x, label, torch.zeros(len(x), dtype=torch.long), 1.0, 0.0)

@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from tests.conftest import TINY_PUMAMEDNET, TRAIN_SIZE
-from tests.test_net_walk import _reader
+from tests.conftest import TRAIN_SIZE
+from tests.test_net_walk import _hierarchical_model as _model, _reader
 from pumamed.cli import main
 from pumamed.errors import InputError
 from pumamed.net.losses import classification_loss
@@ -21,15 +21,6 @@ SIZE = TRAIN_SIZE
 TINY_CLI = ["--size", str(SIZE), "--widths", "8,16,32", "--latent", "8", "--quiet"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _model(data, seed: int = 0):
-    from pumamed.net import PumaMedNet, PumaMedNetConfig
-
-    torch.manual_seed(seed)
-    return PumaMedNet(PumaMedNetConfig(**{**TINY_PUMAMEDNET, "image_size": SIZE}, detail_channels=2,
-                                       detail_resolution=8, num_classes=len(data.class_names), task=data.task,
-                                       class_names=list(data.class_names)))
 
 
 def _batch(data):
