@@ -126,8 +126,8 @@ class TrainConfig:
     global_read_weight: float = 0.0
     # > 0: the reader sees each global-only picture jittered: blended by a random share (per image)
     # towards its down- and up-sampling by 1 - J, and with Gaussian noise of a standard deviation
-    # drawn per image from [0, J / 5], so the decoder cannot satisfy it with fine cues of that one reader that a
-    # judge does not read (A2: the reader read the global-only pictures, the judge did not)
+    # drawn per image from [0, J / 5], so the decoder cannot satisfy it with fine cues of that one
+    # reader that a judge does not read (A2: the reader read the global-only pictures, the judge did not)
     global_read_jitter: float = 0.0
     # which epoch's weights are kept: "best" (the best validation score) or "last" (for a run whose
     # training term trades a little validation AUC for pictures; decoder-only runs always keep the last)
@@ -547,11 +547,6 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
     use_graphs = cfg.cuda_graphs and graphs_supported(device, scaler, world)
     if cfg.cuda_graphs and not use_graphs and device.type == "cuda" and rank == 0:
         log("CUDA graphs need a single process with bf16 or fp32 (not DDP, not fp16): training eagerly")
-    if teacher is not None:
-        teacher = teacher.to(device).eval().requires_grad_(False)
-    if walk_reader is not None:
-        walk_reader = walk_reader.to(device).eval().requires_grad_(False)
-    objective = TrainingObjective(model, cfg, train, teacher=teacher, walk_reader=walk_reader)
     trainable = trainable_parameters(model, cfg.train_only)
     optimizer = make_optimizer(trainable, cfg.lr, cfg.weight_decay, device, capturable=use_graphs)
     averaged = WeightAverage(model, cfg.ema) if cfg.ema else None
@@ -591,6 +586,11 @@ def fit(model: nn.Module, train: ArrayData, val: ArrayData | None, cfg: TrainCon
             weights_before = torch.tensor(info["weights_before"])
         log(f"resuming after epoch {start_epoch} of {cfg.epochs}")
 
+    if teacher is not None:
+        teacher = teacher.to(device).eval().requires_grad_(False)
+    if walk_reader is not None:
+        walk_reader = walk_reader.to(device).eval().requires_grad_(False)
+    objective = TrainingObjective(model, cfg, train, teacher=teacher, walk_reader=walk_reader)
     runner: nn.Module = objective
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
