@@ -143,3 +143,50 @@ def test_jitter_blurs_and_noises_within_its_bounds(real_images):
         assert not torch.allclose(jitter(x, 0.5), out)  # drawn afresh each time
     with pytest.raises(InputError, match="global_read_jitter"):
         TrainConfig(global_read_jitter=1.0)
+
+
+class RecordingReader(torch.nn.Module):
+    """Reads every picture as class 0 and keeps the last pictures it was shown."""
+
+    def __init__(self, classes: int):
+        super().__init__()
+        self.classes, self.seen = classes, None
+
+    def forward(self, pictures):
+        self.seen = pictures.detach().clone()
+        return torch.zeros(len(pictures), self.classes) + pictures.mean() * 0.0
+
+
+@pytest.mark.parametrize("carrier", ["prior", "other"])
+def test_global_read_shows_the_reader_the_chosen_detail(real_images, carrier):
+    """Known answer: with ``global_read_detail="other"`` the reader sees each global code drawn
+    with the next image's detail code (torch.roll by one over the batch), with "prior" the global
+    code alone; the same pictures the model decodes from those codes outside training."""
+    model = _model(real_images)
+    x = real_images.images.float()[:6] / 255
+    classes = max(2, int(model.config.num_classes))
+    reader = RecordingReader(classes)
+    cfg = TrainConfig(global_read_weight=1.0, global_read_detail=carrier, sample_latent=False, detail_swap_weight=1.0)
+    objective = TrainingObjective(model, cfg, real_images, walk_reader=reader)
+    model.train()
+    loss, stats = objective(x, x, real_images.labels[:6], torch.zeros(6, dtype=torch.long), 1.0, 0.0)
+    assert "global_read" in stats and "detail_swap" in stats
+    model.eval()
+    with torch.no_grad():
+        mu, _, detail, _ = model.encode_all(x)
+        expected = model.decode(mu, torch.roll(detail, shifts=1, dims=0) if carrier == "other" else None)
+        other = model.decode(mu, torch.roll(detail, shifts=1, dims=0) if carrier == "prior" else None)
+    assert torch.allclose(reader.seen, expected, atol=1e-5)
+    assert not torch.allclose(reader.seen, other, atol=1e-3)
+    with pytest.raises(InputError, match="global_read_detail"):
+        TrainConfig(global_read_detail="own")
+
+
+def test_cli_refuses_another_images_detail_without_the_global_read(tmp_path, capsys):
+    out = tmp_path / "refused"
+    code = main(["train", "--dataset", "breastmnist", *TINY_CLI, "--detail-channels", "2", "--detail-resolution", "8",
+                 "--epochs", "1", "--max-steps-per-epoch", "1", "--global-read-detail", "other", "--no-test",
+                 "--no-calibrate", "--out", str(out)])
+    assert code == 2
+    assert "--global-read-detail other" in capsys.readouterr().err
+    assert not (out / "model.safetensors").exists()

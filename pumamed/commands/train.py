@@ -93,6 +93,10 @@ def register(subparsers) -> None:
     p.add_argument("--global-read-jitter", type=float, default=0.0, metavar="J",
                    help="the reader of --global-read sees each picture blurred (partly resampled by a factor 1 - J) "
                         "and with noise (sd up to J/5), so the cues it reads must survive both (default 0)")
+    p.add_argument("--global-read-detail", choices=("prior", "other"), default="prior",
+                   help="the detail code --global-read decodes each global code with: its prior mean (default: the "
+                        "global code alone, a smooth picture) or the next training image's (real texture that says "
+                        "nothing of this image's class)")
     p.add_argument("--keep-epoch", choices=("best", "last"), default="best",
                    help="keep the best validation epoch (default) or the last (for a training term that trades a "
                         "little validation AUC for pictures)")
@@ -158,6 +162,7 @@ def run_train(args) -> int:
         walk_weight=args.walk_weight, walk_span=args.walk_span, train_only=args.train_only,
         detail_independence_weight=args.detail_independence_weight,
         global_read_weight=args.global_read_weight, global_read_jitter=args.global_read_jitter,
+        global_read_detail=args.global_read_detail,
         keep_epoch=args.keep_epoch,
         output_gradient_floor=args.output_gradient_floor, fill_mask=args.fill_mask,
         num_workers=workers,

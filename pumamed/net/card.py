@@ -100,8 +100,10 @@ def make_card(config: dict, metrics: dict) -> str:
                      f"learnt from it, and the reader is not needed to use this model (nor is it the judge of the "
                      f"faithfulness figures)")
     if training.get("global_read_weight") and data.get("walk_reader"):
+        carrier = ("the next training image's detail code" if training.get("global_read_detail") == "other"
+                   else "the detail at its prior mean")
         lines.append(f"- global read (weight {training['global_read_weight']}): each global code was also decoded "
-                     f"with the detail at its prior mean, and the {data['walk_reader'].get('description')}, trained "
+                     f"with {carrier}, and the {data['walk_reader'].get('description')}, trained "
                      f"on the original images of the same split, had to read the image's class on that picture"
                      f"{' (blurred and noised, jitter ' + str(training['global_read_jitter']) + ')' if training.get('global_read_jitter') else ''}; "
                      f"the reader is not needed to use this model (nor is it the judge of the faithfulness figures)")

@@ -382,6 +382,9 @@ def run(spec: RunSpec, log=None) -> dict:
     elif spec.walk_reader is not None:
         raise InputError("--walk-reader is read by the walk term or the global read: give --walk-weight too "
                          "(e.g. 50) or --global-read")
+    if spec.train.global_read_detail == "other" and (spec.train.global_read_weight <= 0 or not model.has_detail):
+        raise InputError("--global-read-detail other decodes each global code with another image's detail code: it "
+                         "needs --global-read and a model with a detail code (--detail-channels)")
     if spec.train.detail_independence_weight > 0 and (
             spec.arch != "pumamednet" or not model.has_detail or train.task not in ("binary", "multiclass")):
         raise InputError("--detail-independence trains a PumaMedNet with a detail code (--detail-channels) and a "
