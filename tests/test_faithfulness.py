@@ -21,6 +21,7 @@ from pumamed.errors import InputError
 from pumamed.explain.faithfulness import (
     faithfulness_ratio,
     lesion_localisation,
+    other_class_donors,
     score_faithfulness,
     stratified_subset,
 )
@@ -102,18 +103,28 @@ def test_the_ratio_is_one_for_identity_and_zero_for_a_constant_picture(chest_jud
         def encode(self, x):
             return x, None
 
+        def encode_all(self, x):  # the "codes" are the image itself
+            return x, None, x, None
+
         def decode(self, mu, detail=None):
             return mu
 
     class GlobalCodeKeepsNothing(GlobalCodeKeepsAll):  # ... and one whose detail code carries everything
         def decode(self, mu, detail=None):
-            return torch.full_like(mu, 0.5)
+            return torch.full_like(mu, 0.5) if detail is None else detail
 
     alone, _, _ = score_faithfulness(GlobalCodeKeepsAll(), judge, images, labels, "binary", ds.class_names, "cpu", 32)
     assert alone["global_code"]["ratio"] == pytest.approx(1.0) and alone["ratio"] == pytest.approx(1.0)
     none, _, _ = score_faithfulness(GlobalCodeKeepsNothing(), judge, images, labels, "binary", ds.class_names,
                                     "cpu", 32)
     assert none["global_code"]["ratio"] == pytest.approx(0.0, abs=1e-9) and none["ratio"] == pytest.approx(1.0)
+    # with the detail of an image of the other class: the global code decides (1), or the detail,
+    # whose picture the judge reads as the other class (about -1 on two classes)
+    assert alone["global_code"]["ratio_other_detail"] == pytest.approx(1.0)
+    assert none["global_code"]["ratio_other_detail"] == pytest.approx(-1.0, abs=0.05)  # donors drawn with replacement
+    donors = other_class_donors(labels)
+    assert (labels[donors] != labels).all() and len(set(donors.tolist())) > len(labels) // 3
+    assert (other_class_donors(np.zeros(5, dtype=int)) == -1).all()
 
 
 def test_the_decision_counterfactual_stops_where_the_models_decision_changed(chest_judge):

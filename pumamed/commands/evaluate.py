@@ -131,6 +131,9 @@ def run_evaluate(args) -> int:
             alone_ratio = "n/a" if alone["ratio"] is None else f"{alone['ratio']:.3f}"
             print(f"    the global code alone (detail at its prior mean): judge macro AUC {alone['auc']:.4f}, "
                   f"ratio {alone_ratio}")
+            if alone.get("auc_other_detail") is not None:
+                print(f"    the global code with the detail of an image of another class: judge macro AUC "
+                      f"{alone['auc_other_detail']:.4f} for the global code's class")
     cf = result.get("counterfactuals")
     if cf and "validity" in cf:
         walk = (cf.get("settings") or {}).get("walk", "gradient")
