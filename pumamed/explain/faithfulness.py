@@ -129,7 +129,7 @@ def other_detail_reading(model, judge, images, labels, task: str, class_names, a
     judge that reads fine texture cannot read the smooth picture of the global code alone; with
     real texture from another class, this says how much of its evidence the global code carries
     (1: all, as the global code alone; below 0: the judge reads the detail's class. BUSI: 0.71,
-    where the global code alone reads 0.62; docs/faithfulness.md T1)."""
+    where the global code alone reads 0.62; docs/faithfulness.md X1)."""
     import torch
 
     from pumamed.net.metrics import classification_metrics

@@ -133,7 +133,7 @@ class TrainConfig:
     # global code alone, a smooth picture) or "other" (the next image's residual detail in the
     # batch: real texture that says nothing of this image's class). The BUSI judge reads texture at
     # 1-2 px (blurred by sigma 2 px its AUC falls from 0.90 to 0.62), so it cannot read a smooth
-    # picture, but reads the global code's class at 0.71 when another image's detail draws it (T1)
+    # picture, but reads the global code's class at 0.71 when another image's detail draws it (X1)
     global_read_detail: str = "prior"
     # which epoch's weights are kept: "best" (the best validation score) or "last" (for a run whose
     # training term trades a little validation AUC for pictures; decoder-only runs always keep the last)
