@@ -190,3 +190,45 @@ def test_cli_refuses_another_images_detail_without_the_global_read(tmp_path, cap
     assert code == 2
     assert "--global-read-detail other" in capsys.readouterr().err
     assert not (out / "model.safetensors").exists()
+
+
+def test_a_panel_of_readers_asks_each_reader(real_images):
+    """Known answer: two readers with opposite rules (brightness above / below a threshold). On the
+    mean of their logits they cancel, whatever the picture (the loss stays log 2); the panel's loss
+    is the mean of each reader's, so a picture satisfies it only if both read it."""
+    from pumamed.net.pipeline import TeacherEnsemble
+    from pumamed.net.train import panel_loss
+
+    x = real_images.images.float()[:8] / 255
+    label = torch.ones(8)
+    up, down = ThresholdReader(0.3), ThresholdReader(0.3)
+    down.forward = lambda pictures: -ThresholdReader.forward(up, pictures)
+    panel = TeacherEnsemble([up, down])
+    loss = lambda logits: classification_loss(logits, label, "binary")  # noqa: E731
+    assert float(loss(panel(x))) == pytest.approx(float(torch.log(torch.tensor(2.0))), abs=1e-6)
+    expected = 0.5 * (float(loss(up(x))) + float(loss(down(x))))
+    assert float(panel_loss(panel, x, loss)) == pytest.approx(expected, rel=1e-6)
+    assert float(panel_loss(panel, x, loss)) > float(loss(panel(x))) + 1.0  # both readers must read it
+    assert float(panel_loss(up, x, loss)) == pytest.approx(float(loss(up(x))))
+
+
+def test_cli_global_read_with_a_panel_of_readers(real_images, tmp_path, capsys):
+    common = ["--dataset", "breastmnist", "--size", str(SIZE), "--max-steps-per-epoch", "2", "--batch-size", "8",
+              "--quiet", "--no-test", "--no-calibrate"]
+    readers = [tmp_path / "reader_a", tmp_path / "reader_b"]
+    for seed, reader in enumerate(readers):
+        assert main(["train", "--arch", "convnet", *common, "--epochs", "1", "--seed", str(seed),
+                     "--out", str(reader)]) == 0
+    out = tmp_path / "panel"
+    assert main(["train", *common, "--widths", "8,16,32", "--latent", "8", "--detail-channels", "2",
+                 "--detail-resolution", "8", "--epochs", "1", "--global-read", "10", "--global-read-detail", "other",
+                 "--reader", ",".join(map(str, readers)), "--out", str(out)]) == 0
+    capsys.readouterr()
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["walk_reader"]["paths"] == [str(r) for r in readers]
+    assert config["training"]["global_read_detail"] == "other"
+    card = (out / "model_card.md").read_text()
+    assert "panel of 2 classifiers" in card and "the next training image's detail code" in card
+    assert main(["train", *common, *TINY_CLI[2:], "--epochs", "1", "--global-read", "10",
+                 "--reader", f"{readers[0]},{readers[0]}", "--out", str(tmp_path / "twice")]) == 2
+    assert "same folder twice" in capsys.readouterr().err

@@ -100,9 +100,10 @@ def register(subparsers) -> None:
     p.add_argument("--keep-epoch", choices=("best", "last"), default="best",
                    help="keep the best validation epoch (default) or the last (for a training term that trades a "
                         "little validation AUC for pictures)")
-    p.add_argument("--walk-reader", "--reader", dest="walk_reader", metavar="DIR",
+    p.add_argument("--walk-reader", "--reader", dest="walk_reader", metavar="DIR[,DIR...]",
                    help="checkpoint folder of a classifier trained on the original images (same classes), e.g. "
-                        "train --arch convnet; it must not be the judge that scores the counterfactuals")
+                        "train --arch convnet, or several separated by commas (a panel: each must read the "
+                        "pictures); never the judge that scores the counterfactuals")
     p.add_argument("--detail-independence", dest="detail_independence_weight", type=float, default=0.0,
                    metavar="WEIGHT",
                    help="hierarchical models with a classifier: penalise, with this weight, how much the classes' "
@@ -169,6 +170,7 @@ def run_train(args) -> int:
         channels_last=args.channels_last, cuda_graphs=args.cuda_graphs, max_steps_per_epoch=args.max_steps_per_epoch,
         keep_resume_state=args.keep_state, progress=not args.quiet)
     teachers = tuple(Path(f.strip()) for f in (args.teacher or "").split(",") if f.strip())
+    readers = tuple(Path(f.strip()) for f in (args.walk_reader or "").split(",") if f.strip())
     out = Path(args.out) if args.out else Path("runs") / f"{'+'.join(names)}_{args.arch}"
     spec = RunSpec(datasets=names, out=out, arch=args.arch, size=args.size, latent=args.latent or 32, widths=widths,
                    weight_map=args.weight_map or "learned",
@@ -177,7 +179,7 @@ def run_train(args) -> int:
                    detail_channels=args.detail_channels or 0, detail_resolution=args.detail_resolution,
                    detail_dropout=args.detail_dropout, detail_prior=args.detail_prior,
                    init=Path(args.init) if args.init else None, keep_head=args.keep_head, teacher=teachers,
-                   walk_reader=Path(args.walk_reader) if args.walk_reader else None,
+                   walk_reader=readers[0] if len(readers) == 1 else (readers or None),
                    resume=args.resume, data_dir=args.data_dir,
                    report_test=not args.no_test, calibrate=not args.no_calibrate, train=train_cfg)
     metrics = run(spec, log=print)

@@ -50,7 +50,9 @@ class RunSpec:
     init: Path | None = None
     keep_head: bool = False  # with init on the same dataset and classes: continue its classifier head
     teacher: tuple[Path, ...] = ()  # trained classifiers (e.g. ResNet-18 baselines) to distil from, as one ensemble
-    walk_reader: Path | None = None  # the walk term's independent classifier (TrainConfig.walk_weight)
+    # the reading terms' independent classifier(s) (TrainConfig.walk_weight, global_read_weight):
+    # a folder, or several (a panel: each must read the pictures)
+    walk_reader: Path | tuple[Path, ...] | None = None
     resume: bool = False
     data_dir: str | None = None
     report_test: bool = True
@@ -234,6 +236,25 @@ def load_teacher(folders, train: ArrayData, size: int):
         "members": members, "description": description}
 
 
+def load_readers(folders, train: ArrayData, size: int):
+    """The reading terms' independent classifiers (walk term, global read): one checkpoint folder,
+    or several as a panel (:class:`TeacherEnsemble` as the container; the terms ask *each* member
+    to read the picture, the mean of their losses, so no one reader's cues satisfy them). Each is
+    checked against the run like a teacher. Returns (module, a description for config.json)."""
+    folders = [Path(f) for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
+    if len(set(folders)) != len(folders):
+        raise InputError("`walk-reader` names the same folder twice")
+    loaded = [_load_one_teacher(folder, train, size, role="walk-reader") for folder in folders]
+    if len(loaded) == 1:
+        return loaded[0]
+    members = [info for _, info in loaded]
+    description = (f"panel of {len(members)} classifiers ({'; '.join(info['description'] for info in members)}; "
+                   f"each one's loss counted)")
+    return TeacherEnsemble([model for model, _ in loaded]), {
+        "paths": [str(f) for f in folders], "arch": "+".join(info["arch"] for info in members),
+        "members": members, "description": description}
+
+
 def build_model(spec: RunSpec, train: ArrayData):
     from pumamed.net.baseline import ResNetConfig, baseline_class
     from pumamed.net.model import PumaMedNet, PumaMedNetConfig
@@ -371,8 +392,7 @@ def run(spec: RunSpec, log=None) -> dict:
                              "images (not the judge that will score the counterfactuals)")
         if spec.arch != "pumamednet" or train.task not in ("binary", "multiclass"):
             raise InputError(f"{reading_terms[0]} trains a PumaMedNet with a binary or multiclass head on one dataset")
-        walk_reader, meta["data"]["walk_reader"] = _load_one_teacher(Path(spec.walk_reader), train, spec.size,
-                                                                     role="walk-reader")
+        walk_reader, meta["data"]["walk_reader"] = load_readers(spec.walk_reader, train, spec.size)
         if spec.train.walk_weight > 0:
             log(f"walk term: {meta['data']['walk_reader']['description']} reads the walked pictures "
                 f"(weight {spec.train.walk_weight}, span {spec.train.walk_span})")

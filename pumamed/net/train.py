@@ -302,8 +302,8 @@ class TrainingObjective(nn.Module):
         with torch.no_grad():
             head_reading = model.classifier(walked.to(mu.dtype))
         pictures = model.decode(walked.to(mu.dtype), None if detail is None else detail.detach())
-        reader_logits = self._walk_reader[0](pictures)
-        return distillation_loss(reader_logits, head_reading, self.task, 1.0)
+        return panel_loss(self._walk_reader[0], pictures,
+                          lambda logits: distillation_loss(logits, head_reading, self.task, 1.0))
 
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
         teacher = self._teacher[0]
@@ -386,7 +386,8 @@ class TrainingObjective(nn.Module):
             loss = loss + cfg.detail_swap_weight * swap_term
         if cfg.global_read_weight > 0 and global_only is not None:
             pictures = jitter(global_only, cfg.global_read_jitter) if cfg.global_read_jitter > 0 else global_only
-            global_read = classification_loss(self._walk_reader[0](pictures), label, self.task)
+            global_read = panel_loss(self._walk_reader[0], pictures,
+                                     lambda logits: classification_loss(logits, label, self.task))
             stats["global_read"] = global_read.detach()
             loss = loss + cfg.global_read_weight * global_read
         if independence is not None:
@@ -445,6 +446,17 @@ def frozen_reader_logits(model, images: torch.Tensor) -> torch.Tensor:
 
     mu = functional_call(model.encoder, held(model.encoder), (images,))[0]
     return functional_call(model.classifier, held(model.classifier), (mu,))
+
+
+def panel_loss(reader: nn.Module, pictures: torch.Tensor, loss_of_logits) -> torch.Tensor:
+    """A reading term's loss: ``loss_of_logits`` of the reader's logits on ``pictures``; for a
+    panel of readers (a module with ``members``) the mean of each member's loss, so every reader
+    must read the pictures: on the mean of their logits one confident reader could carry the rest."""
+    members = getattr(reader, "members", None)
+    if members is None:
+        return loss_of_logits(reader(pictures))
+    return torch.stack([loss_of_logits(m.classify(pictures) if hasattr(m, "classify") else m(pictures))
+                        for m in members]).mean()
 
 
 def jitter(pictures: torch.Tensor, amount: float) -> torch.Tensor:
