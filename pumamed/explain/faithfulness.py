@@ -122,14 +122,15 @@ def other_class_donors(labels, seed: int = 0) -> np.ndarray:
     return donors
 
 
-def other_detail_reading(model, judge, images, labels, task: str, class_names, auc_original: float, device,
+def other_detail_reading(model, judge, mu, detail, labels, task: str, class_names, auc_original: float, device,
                          batch_size: int = 64) -> dict:
     """The judge on each image's global code drawn with the detail code of an image of another
     class: its macro AUC against the global code's class (``auc_other_detail``) and its ratio. A
     judge that reads fine texture cannot read the smooth picture of the global code alone; with
     real texture from another class, this says how much of its evidence the global code carries
     (1: all, as the global code alone; below 0: the judge reads the detail's class. BUSI: 0.71,
-    where the global code alone reads 0.62; docs/faithfulness.md X1)."""
+    where the global code alone reads 0.62; docs/faithfulness.md X1). ``mu``, ``detail``: the
+    split's global and residual detail codes (``encode_all``), in the order of ``labels``."""
     import torch
 
     from pumamed.net.metrics import classification_metrics
@@ -139,9 +140,7 @@ def other_detail_reading(model, judge, images, labels, task: str, class_names, a
     if (donors < 0).any():
         return {}
     with torch.no_grad():
-        codes = [model.encode_all(images[s:s + batch_size].to(device)) for s in range(0, len(images), batch_size)]
-        mu = torch.cat([c[0] for c in codes])
-        detail = torch.cat([c[2] for c in codes])[torch.as_tensor(donors, device=mu.device)]
+        detail = detail[torch.as_tensor(donors, device=detail.device)]
         pictures = torch.cat([model.decode(mu[s:s + batch_size], detail[s:s + batch_size]).float().cpu()
                               for s in range(0, len(mu), batch_size)])
     proba = judge_probabilities(judge, pictures, device, batch_size)
@@ -185,8 +184,10 @@ def score_faithfulness(model, judge, images, labels, task: str, class_names, dev
         # traversals move. A judge that reads it near chance reads its evidence from the held detail
         # code, so edits of the global code rarely change its decision (breast against brain, A2)
         with torch.no_grad():
-            global_only = torch.cat([model.decode(model.encode(images[s:s + batch_size].to(device))[0]).float().cpu()
-                                     for s in range(0, len(images), batch_size)])
+            codes = [model.encode_all(images[s:s + batch_size].to(device)) for s in range(0, len(images), batch_size)]
+            mu, detail = torch.cat([c[0] for c in codes]), torch.cat([c[2] for c in codes])
+            global_only = torch.cat([model.decode(mu[s:s + batch_size]).float().cpu()
+                                     for s in range(0, len(mu), batch_size)])
         auc_g = classification_metrics(labels, judge_probabilities(judge, global_only, device, batch_size), task,
                                        class_names)["auc"]["macro"]
         block["global_code"] = {
@@ -194,8 +195,8 @@ def score_faithfulness(model, judge, images, labels, task: str, class_names, dev
             "definition": "the judge's macro AUC on decode(mu, detail code at its prior mean), and its ratio as above",
         }
         if task in ("binary", "multiclass"):
-            block["global_code"].update(other_detail_reading(model, judge, images, labels, task, class_names, auc_o,
-                                                             device, batch_size))
+            block["global_code"].update(other_detail_reading(model, judge, mu, detail, labels, task, class_names,
+                                                             auc_o, device, batch_size))
     return block, proba_original, proba_recon
 
 

@@ -210,6 +210,14 @@ def _load_one_teacher(folder: Path, train: ArrayData, size: int, role: str = "te
                      "image_size": teacher_size}
 
 
+def _load_classifiers(folders, train: ArrayData, size: int, role: str):
+    """(folders as Paths, [(model, info), ...]) for one folder or several, each checked against the run."""
+    folders = [Path(f) for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
+    if len(set(folders)) != len(folders):
+        raise InputError(f"`{role}` names the same folder twice")
+    return folders, [_load_one_teacher(folder, train, size, role=role) for folder in folders]
+
+
 def load_teacher(folders, train: ArrayData, size: int):
     """Trained classifier checkpoints (safetensors, never a pickle) for distillation, each checked
     against the run: same classes in the same order, same task; a teacher of another image size
@@ -218,10 +226,7 @@ def load_teacher(folders, train: ArrayData, size: int):
     the model card)."""
     if train.task not in ("binary", "multiclass", "multilabel"):
         raise InputError("`teacher` distils a classifier: train on one labelled dataset, not on a mix")
-    folders = [Path(f) for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
-    if len(set(folders)) != len(folders):
-        raise InputError("`teacher` names the same folder twice")
-    loaded = [_load_one_teacher(folder, train, size) for folder in folders]
+    folders, loaded = _load_classifiers(folders, train, size, role="teacher")
     if len(loaded) == 1:
         return loaded[0]
     members = [info for _, info in loaded]
@@ -241,10 +246,7 @@ def load_readers(folders, train: ArrayData, size: int):
     or several as a panel (:class:`TeacherEnsemble` as the container; the terms ask *each* member
     to read the picture, the mean of their losses, so no one reader's cues satisfy them). Each is
     checked against the run like a teacher. Returns (module, a description for config.json)."""
-    folders = [Path(f) for f in ([folders] if isinstance(folders, (str, Path)) else folders)]
-    if len(set(folders)) != len(folders):
-        raise InputError("`walk-reader` names the same folder twice")
-    loaded = [_load_one_teacher(folder, train, size, role="walk-reader") for folder in folders]
+    folders, loaded = _load_classifiers(folders, train, size, role="walk-reader")
     if len(loaded) == 1:
         return loaded[0]
     members = [info for _, info in loaded]
